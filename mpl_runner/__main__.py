@@ -1,0 +1,3 @@
+from mpl_runner.run import cli
+
+cli()

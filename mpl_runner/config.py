@@ -1,0 +1,127 @@
+"""Typed schemas behind the YAML config groups.
+
+Each YAML option under ``conf/<group>/`` starts from one of these schemas (its defaults list names it), so a
+misspelt key or a value of the wrong type is an error when Hydra composes the config, not a silent default.
+Checks that need more than a type (ranges, choices, cross-field rules) live in :mod:`mpl_runner.validate`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, SI
+
+
+@dataclass
+class TwoMoonsConfig:
+    name: str = "two_moons"
+    points_per_class: int = 1000
+    noise: float = 0.0
+    num_labeled: int = 12  # drawn balanced: num_labeled / 2 per class
+    split_seed: int = SI("${seed}")  # which points are labeled; follows the run seed unless pinned
+    test_seed: int = 10_000  # a fresh draw of the same distribution, used as the test split
+    labeled_batch_size: Optional[int] = None  # None: every labeled point each step
+    unlabeled_batch_size: Optional[int] = None  # None: every point each step (full batch)
+    weak_jitter: float = 0.0  # std of the Gaussian jitter of the weak unlabeled view
+    strong_jitter: float = 0.1  # std of the Gaussian jitter of the strong unlabeled view
+
+
+@dataclass
+class MLPConfig:
+    name: str = "mlp"
+    hidden_sizes: list[int] = field(default_factory=lambda: [64, 64])
+    activation: str = "relu"
+    dropout: float = 0.0
+
+
+@dataclass
+class UDAConfig:
+    """Unsupervised data augmentation (consistency) loss for the teacher; weight 0 turns it off."""
+
+    weight: float = 1.0
+    temperature: float = 0.7
+    threshold: float = 0.6
+    ramp_steps: int = 0  # weight grows linearly from 0 over this many steps
+
+
+@dataclass
+class SupervisedConfig:
+    name: str = "supervised"
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class UDAMethodConfig:
+    name: str = "uda"
+    label_smoothing: float = 0.0
+    uda: UDAConfig = field(default_factory=UDAConfig)
+
+
+@dataclass
+class MPLConfig:
+    name: str = "mpl"
+    # first_order: hard pseudo labels and h = old - new (DESIGN.md section 4);
+    # exact: soft pseudo labels, the teacher differentiates through one student SGD step.
+    variant: str = "first_order"
+    # old_minus_new is the sign the Taylor expansion gives; new_minus_old reproduces the official code.
+    feedback: str = "old_minus_new"
+    pseudo_label: str = "argmax"  # argmax | sample (first_order only; exact uses soft labels)
+    baseline_decay: Optional[float] = None  # moving-average baseline for h, e.g. 0.99; None: off
+    label_smoothing: float = 0.0
+    uda: UDAConfig = field(default_factory=lambda: UDAConfig(weight=0.0))
+    student_lr: Optional[float] = None  # None: same as optim.lr
+    student_wait_steps: int = 0  # the student's lr stays 0 for this many steps, then warms up
+    ema_decay: Optional[float] = None  # EMA of the student, evaluated as "student_ema"; None: off
+    finetune_steps: int = 0  # supervised finetuning of the student on labeled data after MPL
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"  # sgd | adam
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 0.0
+    schedule: str = "constant"  # constant | cosine
+    warmup_steps: int = 0
+    grad_clip: Optional[float] = None  # max global grad norm; None: off
+
+
+@dataclass
+class TrainerConfig:
+    steps: int = 1000
+    eval_interval: int = 250
+    log_interval: int = 50
+    num_threads: Optional[int] = None  # torch intra-op threads; None: torch's default
+    progress: bool = True  # one console line per evaluation
+
+
+@dataclass
+class Config:
+    dataset: Any = MISSING
+    model: Any = MISSING
+    method: Any = MISSING
+    optim: OptimConfig = MISSING
+    trainer: TrainerConfig = MISSING
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+
+SCHEMAS: dict[str, dict[str, type]] = {
+    "dataset": {"two_moons": TwoMoonsConfig},
+    "model": {"mlp": MLPConfig},
+    "method": {"supervised": SupervisedConfig, "uda": UDAMethodConfig, "mpl": MPLConfig},
+    "optim": {"optim": OptimConfig},
+    "trainer": {"trainer": TrainerConfig},
+}
+
+
+def register_configs() -> None:
+    """Store every schema as ``<group>/schema_<name>`` (what the YAML defaults lists extend) and the root."""
+    cs = ConfigStore.instance()
+    cs.store(name="schema_config", node=Config)
+    for group, schemas in SCHEMAS.items():
+        for name, node in schemas.items():
+            cs.store(group=group, name=f"schema_{name}", node=node)

@@ -1,0 +1,38 @@
+"""What every data source hands the methods: labeled examples and two views of unlabeled ones."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass
+class Batch:
+    x_l: torch.Tensor  # labeled inputs
+    y_l: torch.Tensor  # their labels
+    x_uw: torch.Tensor  # unlabeled inputs, weak view
+    x_us: torch.Tensor  # the same unlabeled inputs, strong view
+
+    def to(self, device: torch.device, non_blocking: bool = False) -> "Batch":
+        return Batch(*(t.to(device, non_blocking=non_blocking) for t in (self.x_l, self.y_l, self.x_uw, self.x_us)))
+
+
+@dataclass
+class SSLData:
+    """A semi-supervised data set, ready to train on.
+
+    ``train_batches`` is an endless iterator of :class:`Batch`; ``eval_splits`` maps a split name ("test", ...)
+    to a re-iterable of ``(inputs, labels)`` batches; ``figures`` (optional) draws what a person wants to see
+    of a set of trained models, keyed by file stem.
+    """
+
+    num_classes: int
+    input_shape: tuple[int, ...]
+    train_batches: Iterator[Batch]
+    eval_splits: dict[str, Iterable[tuple[torch.Tensor, torch.Tensor]]]
+    labeled_indices: list[int]
+    figures: Callable[[dict[str, torch.nn.Module]], dict[str, Any]] | None = None
+    info: dict[str, Any] = field(default_factory=dict)

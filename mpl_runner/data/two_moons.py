@@ -1,0 +1,85 @@
+"""Two moons (sklearn's make_moons) as tensors on the device: no DataLoader, no per-item work.
+
+The unlabeled set is every training point (labeled ones included, as in the paper). Views are Gaussian
+jitter: the weak view adds ``weak_jitter`` noise, the strong view ``strong_jitter``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from functools import partial
+
+import numpy as np
+import torch
+from sklearn.datasets import make_moons
+
+from mpl_runner.data.batch import Batch, SSLData
+from mpl_runner.figures import decision_boundaries
+
+
+def moons(points_per_class: int, noise: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training points: sklearn's make_moons (evenly spaced along each arc, then jittered by ``noise``)."""
+    x, y = make_moons(n_samples=2 * points_per_class, noise=noise, random_state=seed)
+    return torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.long)
+
+
+def fresh_moons(points_per_class: int, noise: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fresh draw of the same distribution: arc positions drawn at random, not on make_moons' even grid
+    (with noise 0, make_moons returns the very same points whatever its seed)."""
+    rng = np.random.default_rng(seed)
+    t_outer, t_inner = rng.uniform(0, np.pi, size=(2, points_per_class))
+    outer = np.stack([np.cos(t_outer), np.sin(t_outer)], axis=1)
+    inner = np.stack([1 - np.cos(t_inner), 1 - np.sin(t_inner) - 0.5], axis=1)
+    x = np.concatenate([outer, inner]) + rng.normal(scale=noise, size=(2 * points_per_class, 2))
+    y = np.repeat([0, 1], points_per_class)
+    return torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.long)
+
+
+def balanced_labeled_indices(labels: np.ndarray, num_labeled: int, num_classes: int, seed: int) -> list[int]:
+    """``num_labeled / num_classes`` indices of each class, drawn without replacement with their own seed."""
+    rng = np.random.default_rng(seed)
+    per_class = num_labeled // num_classes
+    picked = [rng.choice(np.flatnonzero(labels == c), per_class, replace=False) for c in range(num_classes)]
+    return sorted(int(i) for i in np.concatenate(picked))
+
+
+def _rows(n: int, batch_size: int | None, device: torch.device) -> torch.Tensor | None:
+    """Random row indices for one step, or None for "all rows"."""
+    if batch_size is None or batch_size >= n:
+        return None
+    return torch.randint(n, (batch_size,), device=device)
+
+
+def _batches(x: torch.Tensor, x_l: torch.Tensor, y_l: torch.Tensor, cfg) -> Iterator[Batch]:
+    while True:
+        rows = _rows(len(x_l), cfg.labeled_batch_size, x.device)
+        xl, yl = (x_l, y_l) if rows is None else (x_l[rows], y_l[rows])
+        rows = _rows(len(x), cfg.unlabeled_batch_size, x.device)
+        xu = x if rows is None else x[rows]
+        yield Batch(
+            x_l=xl,
+            y_l=yl,
+            x_uw=xu + cfg.weak_jitter * torch.randn_like(xu) if cfg.weak_jitter > 0 else xu,
+            x_us=xu + cfg.strong_jitter * torch.randn_like(xu) if cfg.strong_jitter > 0 else xu,
+        )
+
+
+def build(cfg, device: torch.device) -> SSLData:
+    x, y = moons(cfg.points_per_class, cfg.noise, seed=cfg.split_seed)
+    x_test, y_test = fresh_moons(cfg.points_per_class, cfg.noise, seed=cfg.test_seed)
+    labeled = balanced_labeled_indices(y.numpy(), cfg.num_labeled, num_classes=2, seed=cfg.split_seed)
+    x, y, x_test, y_test = (t.to(device) for t in (x, y, x_test, y_test))
+    x_l, y_l = x[labeled], y[labeled]
+    return SSLData(
+        num_classes=2,
+        input_shape=(2,),
+        train_batches=_batches(x, x_l, y_l, cfg),
+        eval_splits={"test": [(x_test, y_test)], "all": [(x, y)]},
+        labeled_indices=labeled,
+        figures=partial(_figures, x.cpu(), y.cpu(), labeled),
+        info={"train_points": len(x), "test_points": len(x_test)},
+    )
+
+
+def _figures(x, y, labeled, models) -> dict:
+    return {"decision_boundary": decision_boundaries(x, y, labeled, models)}

@@ -1,0 +1,89 @@
+"""The method-agnostic training loop: step, log, evaluate; then the final evaluation."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import torch
+
+from mpl_runner.data import SSLData
+from mpl_runner.errors import UserError
+from mpl_runner.logging import Tracker
+from mpl_runner.methods import Method
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLoss(UserError):
+    def __init__(self, step: int, name: str, value: float):
+        super().__init__(f"step {step}: train/{name} is {value}; lower optim.lr or enable optim.grad_clip")
+
+
+@torch.no_grad()
+def accuracy(model: torch.nn.Module, batches, device: torch.device) -> float:
+    """Top-1 accuracy in eval mode (the model's mode is restored afterwards)."""
+    was_training = model.training
+    model.eval()
+    correct = total = 0
+    for x, y in batches:
+        y = y.to(device)
+        correct += (model(x.to(device)).argmax(dim=1) == y).sum()
+        total += len(y)
+    model.train(was_training)
+    return float(correct) / total
+
+
+def evaluate(method: Method, data: SSLData, device: torch.device, splits=("test",)) -> dict[str, float]:
+    """``{"<split>/<model>/acc": ...}`` for every model the method exposes, and ``<split>/acc`` for the one
+    it hands out."""
+    out = {}
+    for split in splits:
+        for name, model in method.eval_models().items():
+            out[f"{split}/{name}/acc"] = accuracy(model, data.eval_splits[split], device)
+        out[f"{split}/acc"] = out[f"{split}/{method.handed_out}/acc"]
+    return out
+
+
+def _check_finite(step: int, stats: dict[str, float]) -> None:
+    for name, value in stats.items():
+        if not math.isfinite(value):
+            raise NonFiniteLoss(step, name, value)
+
+
+def _progress_line(step: int, total: int, stats: dict[str, float], accs: dict[str, float], rate: float) -> str:
+    losses = "  ".join(f"{k} {v:.3f}" for k, v in stats.items() if k.endswith("/loss"))
+    acc = "  ".join(f"{k.split('/')[1]} {100 * v:.1f}%" for k, v in accs.items() if k.count("/") == 2)
+    return f"step {step}/{total}  {losses}  | test acc: {acc}  | {rate:.0f} steps/s"
+
+
+def train(method: Method, data: SSLData, trainer_cfg, device: torch.device, tracker: Tracker) -> dict[str, float]:
+    """Run ``trainer_cfg.steps`` steps; returns the final metrics (every split, every model)."""
+    steps = trainer_cfg.steps
+    start = time.perf_counter()
+    window_start, window_step = start, 0
+    stats: dict[str, float] = {}
+    for step in range(steps):
+        batch = next(data.train_batches).to(device, non_blocking=True)
+        raw = method.train_step(batch, step)
+        done = step + 1
+        # Reading the scalars synchronises with the device, so it happens only every log_interval steps.
+        if done % trainer_cfg.log_interval == 0 or done == steps:
+            stats = {k: float(v) for k, v in raw.items()}
+            _check_finite(done, stats)
+            now = time.perf_counter()
+            rate = (done - window_step) / (now - window_start)
+            window_start, window_step = now, done
+            tracker.scalars(done, stats, prefix="train/")
+            tracker.scalars(done, method.lrs(), prefix="lr/")
+            tracker.scalars(done, {"perf/steps_per_s": rate})
+        if done % trainer_cfg.eval_interval == 0 or done == steps:
+            accs = evaluate(method, data, device)
+            tracker.scalars(done, {f"eval/{k.split('/', 1)[1]}": v for k, v in accs.items() if k.count("/") == 2})
+            if trainer_cfg.progress:
+                log.info(_progress_line(done, steps, stats, accs, done / (time.perf_counter() - start)))
+    train_seconds = time.perf_counter() - start
+    metrics = evaluate(method, data, device, splits=tuple(data.eval_splits))
+    metrics.update({"steps": steps, "train_seconds": train_seconds})
+    return metrics

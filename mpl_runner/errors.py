@@ -1,0 +1,15 @@
+"""Errors a user can act on. The CLI prints them as one line, without a traceback, and exits non-zero."""
+
+
+class UserError(Exception):
+    """A mistake in the config or the files a run was given; the message says what is allowed."""
+
+
+class ConfigError(UserError):
+    def __init__(self, key: str, value: object, allowed: str):
+        self.key = key
+        super().__init__(f"{key}={value!r} is not allowed: {allowed}")
+
+
+class DataError(UserError):
+    """A data set that is missing, truncated or not in the expected layout."""

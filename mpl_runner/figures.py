@@ -1,0 +1,52 @@
+"""Figures a person wants to look at; matplotlib with the Agg backend (no screen needed)."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+CLASS_COLORS = ("tab:blue", "tab:orange")
+
+
+@torch.no_grad()
+def predict_grid(model: torch.nn.Module, xlim, ylim, resolution: int = 200):
+    """Predicted class over a grid of the plane, as (xx, yy, classes) on the CPU."""
+    device = next(model.parameters()).device
+    xs, ys = torch.linspace(*xlim, resolution), torch.linspace(*ylim, resolution)
+    xx, yy = torch.meshgrid(xs, ys, indexing="xy")
+    grid = torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=1).to(device)
+    was_training = model.training
+    model.eval()
+    classes = model(grid).argmax(dim=1).reshape(xx.shape).cpu()
+    model.train(was_training)
+    return xx, yy, classes
+
+
+def plot_points(ax, x, y, labeled, title: str, model: torch.nn.Module | None = None) -> None:
+    """Points coloured by true class; labeled ones as large black-edged markers; a model's regions behind."""
+    pad = 0.5
+    xlim = (float(x[:, 0].min()) - pad, float(x[:, 0].max()) + pad)
+    ylim = (float(x[:, 1].min()) - pad, float(x[:, 1].max()) + pad)
+    if model is not None:
+        xx, yy, classes = predict_grid(model, xlim, ylim)
+        ax.contourf(xx, yy, classes, levels=[-0.5, 0.5, 1.5], colors=CLASS_COLORS, alpha=0.25)
+        ax.contour(xx, yy, classes, levels=[0.5], colors="k", linewidths=1)
+    colors = [CLASS_COLORS[int(c)] for c in y]
+    ax.scatter(x[:, 0], x[:, 1], c=colors, s=3)
+    ax.scatter(x[labeled, 0], x[labeled, 1], c=[colors[i] for i in labeled], s=80, edgecolors="k", linewidths=1.5)
+    ax.set(title=title, xlim=xlim, ylim=ylim, xticks=[], yticks=[])
+    ax.set_aspect("equal")
+
+
+def decision_boundaries(x, y, labeled, models: dict[str, torch.nn.Module]):
+    """Ground truth and each model's decision regions side by side."""
+    panels = [("ground truth", None), *models.items()]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.4), squeeze=False)
+    for ax, (title, model) in zip(axes[0], panels):
+        plot_points(ax, x, y, labeled, title, model)
+    fig.tight_layout()
+    return fig

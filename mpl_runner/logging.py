@@ -1,0 +1,51 @@
+"""TensorBoard for one run: scalars, figures and an HParams record, all in the run's own directory.
+
+Tags (DESIGN.md section 6): ``train/<model>/<loss>``, ``train/mpl/h``, ``train/uda/mask``, ``eval/<model>/acc``,
+``lr/<model>``, ``perf/steps_per_s``; the final metrics under their ``metrics.json`` names.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams
+
+
+def flatten(cfg: DictConfig) -> dict[str, Any]:
+    """``{"method.uda.weight": 1.0, ...}`` with values TensorBoard's HParams accepts (lists and None as text)."""
+    out: dict[str, Any] = {}
+
+    def visit(node, prefix):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                visit(value, f"{prefix}{key}.")
+        else:
+            out[prefix[:-1]] = node if isinstance(node, (bool, int, float, str)) else str(node)
+
+    visit(OmegaConf.to_container(cfg, resolve=True), "")
+    return out
+
+
+class Tracker:
+    def __init__(self, run_dir: Path):
+        self.writer = SummaryWriter(log_dir=str(run_dir))
+
+    def scalars(self, step: int, values: dict[str, float], prefix: str = "") -> None:
+        for tag, value in values.items():
+            self.writer.add_scalar(prefix + tag, value, step)
+
+    def figure(self, tag: str, fig, step: int) -> None:
+        self.writer.add_figure(tag, fig, step, close=False)
+
+    def hparams(self, cfg: DictConfig, metrics: dict[str, float], step: int) -> None:
+        """The flattened config and final metrics as one HParams session of this run (not a sub-run:
+        ``SummaryWriter.add_hparams`` would write into a new directory, pytorch#32651)."""
+        for summary in hparams(flatten(cfg), metrics):
+            self.writer.file_writer.add_summary(summary)
+        self.scalars(step, metrics)
+
+    def close(self) -> None:
+        self.writer.close()

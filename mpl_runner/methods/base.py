@@ -1,0 +1,71 @@
+"""What the training loop sees of a method, and the bookkeeping every method shares.
+
+A method owns its models, optimizers and schedulers. The loop calls ``train_step(batch, step)`` and reads
+``eval_models()``; it never needs to know which method runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from mpl_runner.methods.optim import build_optimizer, build_scheduler
+
+
+class Method:
+    #: the model whose accuracy is a run's headline ``test/acc`` (the one the method hands out)
+    handed_out: str = ""
+
+    def __init__(self, optim_cfg, total_steps: int):
+        self.optim_cfg = optim_cfg
+        self.total_steps = total_steps
+        self.models: dict[str, nn.Module] = {}
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler] = {}
+
+    def add_model(self, name: str, model: nn.Module, lr: float | None = None, wait_steps: int = 0) -> nn.Module:
+        """Register a trained model with its own optimizer and lr schedule."""
+        self.models[name] = model
+        self.optimizers[name] = build_optimizer(model.parameters(), self.optim_cfg, lr or self.optim_cfg.lr)
+        self.schedulers[name] = build_scheduler(self.optimizers[name], self.optim_cfg, self.total_steps, wait_steps)
+        return model
+
+    def update(self, name: str, loss: torch.Tensor) -> None:
+        """One optimizer step of model ``name`` on ``loss`` (clipping the grad norm if configured)."""
+        optimizer = self.optimizers[name]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.step_optimizer(name)
+
+    def step_optimizer(self, name: str) -> None:
+        if self.optim_cfg.grad_clip is not None:
+            nn.utils.clip_grad_norm_(self.models[name].parameters(), self.optim_cfg.grad_clip)
+        self.optimizers[name].step()
+        self.schedulers[name].step()
+
+    def lr(self, name: str) -> float:
+        return self.optimizers[name].param_groups[0]["lr"]
+
+    def lrs(self) -> dict[str, float]:
+        return {name: self.lr(name) for name in self.optimizers}
+
+    def train_step(self, batch, step: int) -> dict[str, torch.Tensor]:
+        """One step; returns detached scalars keyed ``<model>/<loss>`` (the loop adds ``train/``)."""
+        raise NotImplementedError
+
+    def eval_models(self) -> dict[str, nn.Module]:
+        return dict(self.models)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "models": {k: m.state_dict() for k, m in self.models.items()},
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for kind, objs in (("models", self.models), ("optimizers", self.optimizers), ("schedulers", self.schedulers)):
+            for name, obj in objs.items():
+                obj.load_state_dict(state[kind][name])

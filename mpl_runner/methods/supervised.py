@@ -1,0 +1,21 @@
+"""Supervised baseline: one model on the labeled examples alone; the unlabeled views are ignored."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+
+from mpl_runner.methods.base import Method
+
+
+class Supervised(Method):
+    handed_out = "model"
+
+    def __init__(self, cfg, optim_cfg, total_steps: int, make_model):
+        super().__init__(optim_cfg, total_steps)
+        self.cfg = cfg
+        self.model = self.add_model("model", make_model())
+
+    def train_step(self, batch, step: int):
+        loss = F.cross_entropy(self.model(batch.x_l), batch.y_l, label_smoothing=self.cfg.label_smoothing)
+        self.update("model", loss)
+        return {"model/loss": loss.detach()}

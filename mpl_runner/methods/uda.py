@@ -1,0 +1,46 @@
+"""UDA baseline: the teacher alone, supervised loss plus the consistency loss on unlabeled views."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from mpl_runner.methods.base import Method
+from mpl_runner.methods.losses import ramp, uda_consistency
+
+
+def teacher_losses(teacher, batch, cfg, step: int):
+    """Teacher logits on (x_l, x_uw, x_us) in one forward, its supervised and weighted UDA losses.
+
+    Shared by UDA and MPL. Returns ``(logits_strong, loss_sup, loss_uda, mask_rate)``.
+    """
+    n_l, n_u = len(batch.y_l), len(batch.x_uw)
+    logits = teacher(torch.cat([batch.x_l, batch.x_uw, batch.x_us]))
+    logits_l, logits_uw, logits_us = logits.split([n_l, n_u, n_u])
+    loss_sup = F.cross_entropy(logits_l, batch.y_l, label_smoothing=cfg.label_smoothing)
+    if cfg.uda.weight > 0:
+        loss_uda, mask = uda_consistency(logits_uw, logits_us, cfg.uda.temperature, cfg.uda.threshold)
+        loss_uda = cfg.uda.weight * ramp(step, cfg.uda.ramp_steps) * loss_uda
+    else:
+        loss_uda, mask = logits.new_zeros(()), logits.new_zeros(())
+    return logits_us, loss_sup, loss_uda, mask
+
+
+class UDA(Method):
+    handed_out = "teacher"
+
+    def __init__(self, cfg, optim_cfg, total_steps: int, make_model):
+        super().__init__(optim_cfg, total_steps)
+        self.cfg = cfg
+        self.teacher = self.add_model("teacher", make_model())
+
+    def train_step(self, batch, step: int):
+        _, loss_sup, loss_uda, mask = teacher_losses(self.teacher, batch, self.cfg, step)
+        loss = loss_sup + loss_uda
+        self.update("teacher", loss)
+        return {
+            "teacher/loss": loss.detach(),
+            "teacher/loss_sup": loss_sup.detach(),
+            "teacher/loss_uda": loss_uda.detach(),
+            "uda/mask": mask,
+        }

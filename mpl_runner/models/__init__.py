@@ -1,0 +1,19 @@
+"""Plain nn.Modules built from the ``model`` config group."""
+
+from __future__ import annotations
+
+import math
+
+from torch import nn
+
+from mpl_runner.models.mlp import MLP
+
+
+def build_model(cfg, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    if cfg.name == "mlp":
+        return MLP(math.prod(input_shape), num_classes, list(cfg.hidden_sizes), cfg.activation, cfg.dropout)
+    raise ValueError(f"unknown model {cfg.name!r}")  # validate() rejects this before a run starts
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,20 @@
+from __future__ import annotations
+
+from torch import nn
+
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "silu": nn.SiLU}
+
+
+class MLP(nn.Sequential):
+    """Linear layers with an activation (and optional dropout) between them."""
+
+    def __init__(self, in_features: int, num_classes: int, hidden_sizes, activation: str = "relu", dropout=0.0):
+        layers: list[nn.Module] = []
+        width = in_features
+        for hidden in hidden_sizes:
+            layers += [nn.Linear(width, hidden), ACTIVATIONS[activation]()]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            width = hidden
+        layers.append(nn.Linear(width, num_classes))
+        super().__init__(*layers)

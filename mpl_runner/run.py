@@ -1,0 +1,108 @@
+"""``mpl-run``: validate the config, build data, models and method, train, write the run's record.
+
+Reading order for a newcomer: :func:`run` here, then :func:`mpl_runner.engine.train`, then the method
+(:mod:`mpl_runner.methods.mpl`).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from mpl_runner.cli_errors import one_line_error
+from mpl_runner.config import register_configs
+from mpl_runner.data import build_dataset
+from mpl_runner.engine import train
+from mpl_runner.files import atomic_write_bytes, atomic_write_json
+from mpl_runner.logging import Tracker
+from mpl_runner.methods import build_method
+from mpl_runner.models import build_model, count_parameters
+from mpl_runner.validate import validate
+
+log = logging.getLogger("mpl_runner")
+
+register_configs()
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # seeds CUDA too
+
+
+def run(cfg: DictConfig, run_dir: Path) -> dict:
+    """Train one configuration; write ``metrics.json``, figures and TensorBoard files into ``run_dir``."""
+    validate(cfg)
+    wall_start = time.perf_counter()
+    device = resolve_device(cfg.device)
+    if cfg.trainer.num_threads is not None:
+        torch.set_num_threads(cfg.trainer.num_threads)
+    seed_everything(cfg.seed)
+
+    data = build_dataset(cfg.dataset, device)
+    atomic_write_json(run_dir / "labeled_indices.json", data.labeled_indices)
+
+    def make_model():
+        return build_model(cfg.model, data.input_shape, data.num_classes).to(device)
+
+    method = build_method(cfg.method, cfg.optim, cfg.trainer.steps, make_model)
+    sizes = ", ".join(f"{k} {count_parameters(m):,}" for k, m in method.models.items())
+    log.info(f"{cfg.method.name} on {cfg.dataset.name} ({len(data.labeled_indices)} labeled), {device}; "
+             f"parameters: {sizes}; run dir {run_dir}")
+
+    tracker = Tracker(run_dir)
+    try:
+        metrics = train(method, data, cfg.trainer, device, tracker)
+        for stem, fig in (data.figures(method.eval_models()) if data.figures else {}).items():
+            tracker.figure(stem, fig, cfg.trainer.steps)
+            buf = io.BytesIO()
+            fig.savefig(buf, format="png", dpi=100)
+            atomic_write_bytes(run_dir / f"{stem}.png", buf.getvalue())
+        metrics["wall_seconds"] = time.perf_counter() - wall_start
+        tracker.hparams(cfg, metrics, cfg.trainer.steps)
+    except BaseException as err:
+        atomic_write_json(run_dir / "metrics.json", {"status": "failed", "error": f"{type(err).__name__}: {err}"})
+        raise
+    finally:
+        tracker.close()
+    record = {"status": "completed", "method": cfg.method.name, "handed_out": method.handed_out, **metrics}
+    atomic_write_json(run_dir / "metrics.json", record)
+    log.info(f"test/acc {100 * metrics['test/acc']:.2f}% ({method.handed_out}); "
+             f"trained {metrics['train_seconds']:.1f}s; metrics in {run_dir / 'metrics.json'}")
+    return record
+
+
+@hydra.main(version_base="1.3", config_path="pkg://mpl_runner.conf", config_name="config")
+def hydra_main(cfg: DictConfig) -> float:
+    return run(cfg, Path(HydraConfig.get().runtime.output_dir))["test/acc"]
+
+
+def cli() -> None:
+    """Console entry point. User mistakes end as one line on stderr and exit status 2, without a traceback."""
+    # Let Hydra's exceptions reach us instead of being printed by Hydra over several lines.
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        hydra_main()
+    except Exception as err:  # noqa: BLE001 - anything not a user mistake is re-raised below
+        message = one_line_error(err)
+        if message is None:
+            raise
+        print(f"mpl-run: error: {message}", file=sys.stderr)
+        sys.exit(2)

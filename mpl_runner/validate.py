@@ -1,0 +1,141 @@
+"""Checks of a composed config that types alone cannot express; run before anything is built or written.
+
+Each failure raises :class:`ConfigError` naming the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from omegaconf import DictConfig
+
+from mpl_runner.errors import ConfigError
+from mpl_runner.models.mlp import ACTIVATIONS
+
+
+def _get(cfg: DictConfig, key: str):
+    node = cfg
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def one_of(cfg, key: str, choices) -> None:
+    if _get(cfg, key) not in choices:
+        raise ConfigError(key, _get(cfg, key), "one of " + ", ".join(map(str, choices)))
+
+
+def positive(cfg, key: str, optional: bool = False) -> None:
+    value = _get(cfg, key)
+    if value is None and optional:
+        return
+    if value is None or value <= 0:
+        raise ConfigError(key, value, "a number > 0" + (" or null" if optional else ""))
+
+
+def at_least(cfg, key: str, low: float) -> None:
+    value = _get(cfg, key)
+    if value < low:
+        raise ConfigError(key, value, f"a number >= {low}")
+
+
+def fraction(cfg, key: str, optional: bool = False, closed: bool = False) -> None:
+    """A value in [0, 1) (or [0, 1] when ``closed``)."""
+    value = _get(cfg, key)
+    if value is None and optional:
+        return
+    if value is None or not (0 <= value <= 1 if closed else 0 <= value < 1):
+        interval = "[0, 1]" if closed else "[0, 1)"
+        raise ConfigError(key, value, f"a number in {interval}" + (" or null" if optional else ""))
+
+
+def validate(cfg: DictConfig) -> None:
+    validate_trainer(cfg)
+    validate_device(cfg.device)
+    validate_dataset(cfg)
+    validate_model(cfg)
+    validate_optim(cfg)
+    validate_method(cfg)
+
+
+def validate_trainer(cfg) -> None:
+    for key in ("trainer.steps", "trainer.eval_interval", "trainer.log_interval"):
+        positive(cfg, key)
+    positive(cfg, "trainer.num_threads", optional=True)
+
+
+def validate_device(device: str) -> None:
+    if device not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", device):
+        raise ConfigError("device", device, "auto, cpu, cuda or cuda:N")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError("device", device, "auto or cpu: CUDA is not available on this machine")
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            raise ConfigError("device", device, f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+
+
+def validate_dataset(cfg) -> None:
+    data = cfg.dataset
+    if data.name == "two_moons":
+        num_classes, num_points = 2, 2 * data.points_per_class
+        positive(cfg, "dataset.points_per_class")
+        at_least(cfg, "dataset.noise", 0)
+        at_least(cfg, "dataset.weak_jitter", 0)
+        at_least(cfg, "dataset.strong_jitter", 0)
+        positive(cfg, "dataset.labeled_batch_size", optional=True)
+        positive(cfg, "dataset.unlabeled_batch_size", optional=True)
+    else:
+        raise ConfigError("dataset.name", data.name, "two_moons")
+    n = data.num_labeled
+    if n < num_classes or n % num_classes or n > num_points:
+        raise ConfigError(
+            "dataset.num_labeled", n, f"a multiple of {num_classes} (the classes, drawn balanced) "
+            f"from {num_classes} to {num_points} (the training set)"
+        )
+
+
+def validate_model(cfg) -> None:
+    if cfg.model.name == "mlp":
+        if any(h <= 0 for h in cfg.model.hidden_sizes):
+            raise ConfigError("model.hidden_sizes", list(cfg.model.hidden_sizes), "a list of sizes > 0")
+        one_of(cfg, "model.activation", sorted(ACTIVATIONS))
+        fraction(cfg, "model.dropout")
+    else:
+        raise ConfigError("model.name", cfg.model.name, "mlp")
+
+
+def validate_optim(cfg) -> None:
+    one_of(cfg, "optim.name", ("sgd", "adam"))
+    positive(cfg, "optim.lr")
+    fraction(cfg, "optim.momentum")
+    at_least(cfg, "optim.weight_decay", 0)
+    one_of(cfg, "optim.schedule", ("constant", "cosine"))
+    at_least(cfg, "optim.warmup_steps", 0)
+    positive(cfg, "optim.grad_clip", optional=True)
+
+
+def validate_method(cfg) -> None:
+    method = cfg.method
+    one_of(cfg, "method.name", ("supervised", "uda", "mpl"))
+    fraction(cfg, "method.label_smoothing")
+    if "uda" in method:
+        at_least(cfg, "method.uda.weight", 0)
+        positive(cfg, "method.uda.temperature")
+        fraction(cfg, "method.uda.threshold", closed=True)
+        at_least(cfg, "method.uda.ramp_steps", 0)
+    if method.name != "mpl":
+        return
+    one_of(cfg, "method.variant", ("first_order", "exact"))
+    one_of(cfg, "method.feedback", ("old_minus_new", "new_minus_old"))
+    one_of(cfg, "method.pseudo_label", ("argmax", "sample"))
+    fraction(cfg, "method.baseline_decay", optional=True)
+    positive(cfg, "method.student_lr", optional=True)
+    fraction(cfg, "method.ema_decay", optional=True)
+    if not 0 <= method.student_wait_steps < cfg.trainer.steps:
+        raise ConfigError(
+            "method.student_wait_steps", method.student_wait_steps, f"0 to {cfg.trainer.steps - 1} (trainer.steps - 1)"
+        )
+    if method.variant == "exact" and method.feedback != "old_minus_new":
+        raise ConfigError("method.feedback", method.feedback, "old_minus_new with method.variant=exact")
