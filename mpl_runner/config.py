@@ -23,9 +23,9 @@ class TwoMoonsConfig:
     split_seed: int = SI("${seed}")  # which points are labeled; follows the run seed unless pinned
     test_seed: int = 10_000  # a fresh draw of the same distribution, used as the test split
     labeled_batch_size: Optional[int] = None  # None: every labeled point each step
-    unlabeled_batch_size: Optional[int] = None  # None: every point each step (full batch)
+    unlabeled_batch_size: Optional[int] = 256  # None: every point each step (full batch)
     weak_jitter: float = 0.0  # std of the Gaussian jitter of the weak unlabeled view
-    strong_jitter: float = 0.1  # std of the Gaussian jitter of the strong unlabeled view
+    strong_jitter: float = 0.2  # std of the Gaussian jitter of the strong unlabeled view
 
 
 @dataclass
