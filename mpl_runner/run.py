@@ -10,19 +10,23 @@ import io
 import logging
 import os
 import random
+import shutil
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import hydra
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from mpl_runner.cli_errors import one_line_error
 from mpl_runner.config import register_configs
 from mpl_runner.data import build_dataset
+from mpl_runner.errors import UserError
 from mpl_runner.engine import train
 from mpl_runner.files import atomic_write_bytes, atomic_write_json
 from mpl_runner.logging import Tracker
@@ -89,9 +93,30 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     return record
 
 
+def discard_if_unused(run_dir: Path) -> None:
+    """Remove a run dir that holds nothing but what Hydra wrote when it started the job."""
+    hydra_files = {".hydra", f"{HydraConfig.get().job.name}.log"}
+    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= hydra_files:
+        shutil.rmtree(run_dir)
+
+
+def exit_with_error(message: str) -> NoReturn:
+    print(f"mpl-run: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 @hydra.main(version_base="1.3", config_path="pkg://mpl_runner.conf", config_name="config")
 def hydra_main(cfg: DictConfig) -> float:
-    return run(cfg, Path(HydraConfig.get().runtime.output_dir))["test/acc"]
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    try:
+        return run(cfg, run_dir)["test/acc"]
+    except UserError as err:
+        if hydra_cfg.mode != RunMode.RUN:
+            raise  # a multirun records the failed job and goes on with the others
+        # A single run stops here, before Hydra adds its own multi-line report; a config error leaves no run dir.
+        discard_if_unused(run_dir)
+        exit_with_error(str(err))
 
 
 def cli() -> None:
@@ -104,5 +129,4 @@ def cli() -> None:
         message = one_line_error(err)
         if message is None:
             raise
-        print(f"mpl-run: error: {message}", file=sys.stderr)
-        sys.exit(2)
+        exit_with_error(message)

@@ -5,12 +5,13 @@ Each failure raises :class:`ConfigError` naming the key, the value and what is a
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from mpl_runner.errors import ConfigError
+from mpl_runner.errors import ConfigError, UserError
 from mpl_runner.models.mlp import ACTIVATIONS
 
 
@@ -50,7 +51,20 @@ def fraction(cfg, key: str, optional: bool = False, closed: bool = False) -> Non
         raise ConfigError(key, value, f"a number in {interval}" + (" or null" if optional else ""))
 
 
+def reject_unknown_keys(node: DictConfig, prefix: str = "") -> None:
+    """Hydra's ``+key=value`` can add keys that no schema has; nothing would read them, so refuse them."""
+    schema = OmegaConf.get_type(node)
+    allowed = [f.name for f in dataclasses.fields(schema)] if dataclasses.is_dataclass(schema) else None
+    for key in node.keys():
+        if allowed is not None and key not in allowed:
+            raise UserError(f"{prefix}{key} is not a config key; the keys there are: {', '.join(allowed)}")
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
+            reject_unknown_keys(child, f"{prefix}{key}.")
+
+
 def validate(cfg: DictConfig) -> None:
+    reject_unknown_keys(cfg)
     validate_trainer(cfg)
     validate_device(cfg.device)
     validate_dataset(cfg)

@@ -1,0 +1,290 @@
+"""CIFAR-10 from the standard ``cifar-10-batches-py`` layout, augmented per item in DataLoader workers.
+
+Our own reader, not torchvision's ``CIFAR10`` class: it needs neither ``filenames`` nor the official md5 sums,
+so the re-encoded copy in ``shared/data/cifar10`` loads. The unlabeled set is, by default, every training
+image (labeled ones included, as in the paper); ``unlabeled: rest`` leaves the labeled ones out.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import SI
+from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torchvision.datasets.utils import download_and_extract_archive
+from torchvision.transforms import v2
+
+from mpl_runner.data.batch import Batch, SSLData
+from mpl_runner.data.two_moons import balanced_labeled_indices
+from mpl_runner.errors import ConfigError, DataError
+
+URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+ARCHIVE_MD5 = "c58f30108f718f92721af3b95e74349a"
+FOLDER = "cifar-10-batches-py"
+TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
+TEST_FILE = "test_batch"
+NUM_CLASSES = 10
+MEAN = (0.4914, 0.4822, 0.4465)
+STD = (0.2470, 0.2435, 0.2616)
+
+
+@dataclass
+class Cifar10Config:
+    name: str = "cifar10"
+    root: str = "data/cifar10"  # the directory that holds cifar-10-batches-py/
+    download: bool = False  # fetch the official archive into root when the data is absent
+    num_labeled: int = 4000  # drawn balanced: num_labeled / 10 per class
+    split_seed: int = SI("${seed}")  # which images are labeled; follows the run seed unless pinned
+    unlabeled: str = "all"  # all: every training image (the paper); rest: the training images not labeled
+    labeled_batch_size: int = 64
+    unlabeled_ratio: int = 7  # mu: the unlabeled batch is mu * labeled_batch_size images
+    num_workers: int = 2  # per DataLoader (labeled, unlabeled, test)
+    pin_memory: bool = True  # only used when the device is CUDA
+    persistent_workers: bool = True  # only used when num_workers > 0
+    randaugment_num_ops: int = 2
+    randaugment_magnitude: int = 16  # torchvision's scale: 0 to 30
+    cutout_scale: list[float] = field(default_factory=lambda: [0.02, 0.25])  # erased area, fraction of the image
+    cutout_probability: float = 1.0
+    eval_batch_size: int = 512
+
+
+# --- reading -------------------------------------------------------------------------------------------------
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles plain containers and numpy arrays only: a batch file cannot run code when loaded."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"it refers to {module}.{name}")
+        return super().find_class(module, name)
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(f"{type(err).__name__}: {err}".split())
+
+
+def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One batch file as (uint8 images N x 3072, as stored; int64 labels N)."""
+    if not path.is_file():
+        raise DataError(f"{path} is missing")
+    try:
+        with path.open("rb") as f:
+            entry = _ArrayUnpickler(f, encoding="bytes").load()
+    except OSError as err:
+        raise DataError(f"{path} could not be read: {_one_line(err)}") from err
+    except Exception as err:  # bad bytes make pickle raise almost anything
+        raise DataError(f"{path} is truncated or not a CIFAR-10 pickle: {_one_line(err)}") from err
+    if not isinstance(entry, dict) or b"data" not in entry or b"labels" not in entry:
+        raise DataError(f"{path} is not a CIFAR-10 pickle: expected a dict with b'data' and b'labels'")
+    data = entry[b"data"]
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        shape, dtype = getattr(data, "shape", "?"), getattr(data, "dtype", type(data).__name__)
+        raise DataError(f"{path} holds data of shape {shape} and dtype {dtype}; expected uint8 N x 3072")
+    labels = np.asarray(entry[b"labels"])
+    if labels.shape != (len(data),) or (labels.size and labels.dtype.kind not in "iu"):
+        raise DataError(f"{path} holds {labels.size} labels of dtype {labels.dtype} for {len(data)} images")
+    if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
+        raise DataError(f"{path} holds labels outside 0..{NUM_CLASSES - 1}")
+    return data, labels.astype(np.int64)
+
+
+def _images(rows: np.ndarray) -> np.ndarray:
+    # Rows are CHW (1024 red, 1024 green, 1024 blue). The HWC result is a view of that CHW memory, so
+    # to_chw() below gets a contiguous tensor back without a copy.
+    return rows.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+
+
+def _missing_folder(folder: Path) -> str:
+    return (
+        f"CIFAR-10 folder {folder} is missing: set dataset.root to the directory that holds {FOLDER}/, "
+        "or dataset.download=true to fetch it"
+    )
+
+
+def read_cifar10(root: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(train_x, train_y, test_x, test_y)``: uint8 images N x 32 x 32 x 3 (HWC) and int64 labels."""
+    folder = Path(root) / FOLDER
+    if not folder.is_dir():
+        raise DataError(_missing_folder(folder))
+    train = [read_batch(folder / name) for name in TRAIN_FILES]
+    test_rows, test_y = read_batch(folder / TEST_FILE)
+    train_rows = np.concatenate([rows for rows, _ in train])
+    train_y = np.concatenate([labels for _, labels in train])
+    return _images(train_rows), train_y, _images(test_rows), test_y
+
+
+def ensure_cifar10(root: Path, download: bool) -> None:
+    """Fetch the official archive into ``root`` if a batch file is absent and ``download`` allows it."""
+    folder = Path(root) / FOLDER
+    missing = [name for name in (*TRAIN_FILES, TEST_FILE) if not (folder / name).is_file()]
+    if not missing:
+        return
+    if not download:
+        raise DataError(_missing_folder(folder) if not folder.is_dir() else f"{folder / missing[0]} is missing")
+    try:
+        download_and_extract_archive(url=URL, download_root=str(root), md5=ARCHIVE_MD5)
+    except (OSError, RuntimeError) as err:  # no network, disk full, md5 mismatch
+        raise DataError(f"could not download CIFAR-10 from {URL} into {root}: {_one_line(err)}") from err
+
+
+def to_chw(images: np.ndarray) -> torch.Tensor:
+    """uint8 N x H x W x C numpy -> uint8 N x C x H x W tensor (what the transforms take)."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2)
+
+
+# --- augmentation ---------------------------------------------------------------------------------------------
+
+
+def _normalize() -> list[v2.Transform]:
+    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)]
+
+
+def _flip_crop() -> list[v2.Transform]:
+    return [v2.RandomHorizontalFlip(), v2.RandomCrop(32, padding=4, padding_mode="reflect")]
+
+
+def eval_transform() -> v2.Compose:
+    return v2.Compose(_normalize())
+
+
+def weak_transform() -> v2.Compose:
+    return v2.Compose([*_flip_crop(), *_normalize()])
+
+
+def strong_transform(num_ops: int, magnitude: int, cutout_scale, cutout_probability: float) -> v2.Compose:
+    # Cutout fills with the mean colour, which normalises to zero.
+    fill = [round(255 * m) for m in MEAN]
+    cutout = v2.RandomErasing(cutout_probability, scale=tuple(cutout_scale), ratio=(1.0, 1.0), value=fill)
+    return v2.Compose([*_flip_crop(), v2.RandAugment(num_ops, magnitude), cutout, *_normalize()])
+
+
+# --- datasets -------------------------------------------------------------------------------------------------
+
+
+class LabeledImages(Dataset):
+    """``(transform(image), label)`` pairs; used for the labeled split (weak view) and the test split."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: v2.Transform):
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.transform(self.images[i]), self.labels[i]
+
+
+class UnlabeledImages(Dataset):
+    """``(weak view, strong view)`` of the same image."""
+
+    def __init__(self, images: torch.Tensor, weak: v2.Transform, strong: v2.Transform):
+        self.images, self.weak, self.strong = images, weak, strong
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image = self.images[i]
+        return self.weak(image), self.strong(image)
+
+
+# --- loaders --------------------------------------------------------------------------------------------------
+
+
+def _loader(dataset: Dataset, batch_size: int, cfg, device: torch.device, shuffle: bool) -> DataLoader:
+    workers = cfg.num_workers
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=RandomSampler(dataset, replacement=False) if shuffle else None,
+        drop_last=shuffle,
+        num_workers=workers,
+        pin_memory=cfg.pin_memory and device.type == "cuda",
+        persistent_workers=cfg.persistent_workers and workers > 0,
+    )
+
+
+def _forever(loader: Iterable) -> Iterator:
+    """Epoch after epoch; each new epoch reshuffles."""
+    while True:
+        yield from loader
+
+
+def _batches(labeled: DataLoader, unlabeled: DataLoader) -> Iterator[Batch]:
+    for (x_l, y_l), (x_uw, x_us) in zip(_forever(labeled), _forever(unlabeled)):
+        yield Batch(x_l=x_l, y_l=y_l, x_uw=x_uw, x_us=x_us)
+
+
+def _check(cfg, num_train: int) -> None:
+    n = cfg.num_labeled
+    if n < NUM_CLASSES or n % NUM_CLASSES or n > num_train:
+        raise ConfigError(
+            "dataset.num_labeled", n, f"a multiple of {NUM_CLASSES} (the classes, drawn balanced) "
+            f"from {NUM_CLASSES} to {num_train} (the training set)"
+        )
+    if cfg.unlabeled not in ("all", "rest"):
+        raise ConfigError("dataset.unlabeled", cfg.unlabeled, "all or rest")
+
+
+def _check_batches(cfg, num_labeled: int, num_unlabeled: int) -> None:
+    # drop_last with a batch larger than its set yields no batch at all, and _forever() would spin.
+    if not 0 < cfg.labeled_batch_size <= num_labeled:
+        raise ConfigError(
+            "dataset.labeled_batch_size", cfg.labeled_batch_size, f"1 to {num_labeled} (the labeled images)"
+        )
+    if not 0 < cfg.unlabeled_ratio * cfg.labeled_batch_size <= num_unlabeled:
+        raise ConfigError(
+            "dataset.unlabeled_ratio", cfg.unlabeled_ratio,
+            f"1 to {num_unlabeled // cfg.labeled_batch_size} (unlabeled_ratio * labeled_batch_size images a batch, "
+            f"at most the {num_unlabeled} unlabeled images)"
+        )
+
+
+def build(cfg, device: torch.device) -> SSLData:
+    root = Path(cfg.root).expanduser()
+    ensure_cifar10(root, cfg.download)
+    train_x, train_y, test_x, test_y = read_cifar10(root)
+    _check(cfg, len(train_y))
+    labeled = balanced_labeled_indices(train_y, cfg.num_labeled, NUM_CLASSES, seed=cfg.split_seed)
+    images, labels = to_chw(train_x), torch.from_numpy(train_y)
+    unlabeled_images = images if cfg.unlabeled == "all" else images[np.setdiff1d(np.arange(len(images)), labeled)]
+    _check_batches(cfg, len(labeled), len(unlabeled_images))
+
+    weak = weak_transform()
+    strong = strong_transform(
+        cfg.randaugment_num_ops, cfg.randaugment_magnitude, cfg.cutout_scale, cfg.cutout_probability
+    )
+    labeled_set = LabeledImages(images[labeled], labels[labeled], weak)
+    unlabeled_set = UnlabeledImages(unlabeled_images, weak, strong)
+    test_set = LabeledImages(to_chw(test_x), torch.from_numpy(test_y), eval_transform())
+    unlabeled_batch_size = cfg.unlabeled_ratio * cfg.labeled_batch_size
+    return SSLData(
+        num_classes=NUM_CLASSES,
+        input_shape=(3, 32, 32),
+        train_batches=_batches(
+            _loader(labeled_set, cfg.labeled_batch_size, cfg, device, shuffle=True),
+            _loader(unlabeled_set, unlabeled_batch_size, cfg, device, shuffle=True),
+        ),
+        eval_splits={"test": _loader(test_set, cfg.eval_batch_size, cfg, device, shuffle=False)},
+        labeled_indices=labeled,
+        figures=None,
+        info={
+            "train_images": len(train_y),
+            "labeled_images": len(labeled_set),
+            "unlabeled_images": len(unlabeled_set),
+            "test_images": len(test_y),
+        },
+    )

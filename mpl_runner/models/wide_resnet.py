@@ -1,0 +1,88 @@
+"""WideResNet-depth-k for 32 x 32 images, as semi-supervised codebases use it (FixMatch, MPL).
+
+Pre-activation basic blocks with leaky ReLU; dropout only before the final linear layer (the MPL paper's
+"dropout 0.2"). WRN-28-2 has about 1.47 M parameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class WideResNetConfig:
+    name: str = "wide_resnet"
+    depth: int = 28
+    widen_factor: int = 2
+    dropout: float = 0.0
+    bn_momentum: float = 0.01  # PyTorch convention: 0.99 in TensorFlow terms
+    leaky_relu_slope: float = 0.1
+
+
+class BasicBlock(nn.Module):
+    """BN - act - conv3x3 (stride) - BN - act - conv3x3, plus a shortcut (1x1 conv when the shape changes)."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int, bn_momentum: float, slope: float,
+                 activate_before_residual: bool = False):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_ch, momentum=bn_momentum)
+        self.act1 = nn.LeakyReLU(slope)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_ch, momentum=bn_momentum)
+        self.act2 = nn.LeakyReLU(slope)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, 1, padding=1, bias=False)
+        same_shape = in_ch == out_ch and stride == 1
+        self.shortcut = None if same_shape else nn.Conv2d(in_ch, out_ch, 1, stride, bias=False)
+        self.activate_before_residual = activate_before_residual
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.act1(self.bn1(x))
+        # As in the TensorFlow original, conv1 always sees the activated input and the shortcut sees it only in the
+        # first block (several PyTorch ports feed conv1 the raw input in the first blocks of groups 2 and 3).
+        residual = out if self.activate_before_residual else x
+        out = self.conv2(self.act2(self.bn2(self.conv1(out))))
+        return out + (residual if self.shortcut is None else self.shortcut(residual))
+
+
+class WideResNet(nn.Module):
+    def __init__(self, num_classes: int, depth: int = 28, widen_factor: int = 2, dropout: float = 0.0,
+                 bn_momentum: float = 0.01, leaky_relu_slope: float = 0.1):
+        super().__init__()
+        if depth < 10 or (depth - 4) % 6:
+            raise ValueError(f"WideResNet depth must be 6n + 4 with n >= 1 (10, 16, 22, 28, ...), got {depth}")
+        blocks_per_group = (depth - 4) // 6
+        widths = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
+
+        self.stem = nn.Conv2d(3, widths[0], 3, 1, padding=1, bias=False)
+        layers = []
+        for group, stride in enumerate((1, 2, 2)):
+            for i in range(blocks_per_group):
+                layers.append(BasicBlock(
+                    widths[group] if i == 0 else widths[group + 1], widths[group + 1], stride if i == 0 else 1,
+                    bn_momentum, leaky_relu_slope, activate_before_residual=group == 0 and i == 0,
+                ))
+        self.blocks = nn.Sequential(*layers)
+        self.bn = nn.BatchNorm2d(widths[3], momentum=bn_momentum)
+        self.act = nn.LeakyReLU(leaky_relu_slope)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(widths[3], num_classes)
+        self._init_weights(leaky_relu_slope)
+
+    def _init_weights(self, slope: float) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, a=slope, mode="fan_out", nonlinearity="leaky_relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.xavier_normal_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.pool(self.act(self.bn(self.blocks(self.stem(x))))).flatten(1)
+        return self.fc(self.dropout(features))
