@@ -72,7 +72,7 @@ class MPLConfig:
     label_smoothing: float = 0.0
     uda: UDAConfig = field(default_factory=lambda: UDAConfig(weight=0.0))
     student_lr: Optional[float] = None  # None: same as optim.lr
-    student_wait_steps: int = 0  # the student's lr stays 0 for this many steps, then warms up
+    student_wait_steps: int = 0  # the student starts learning (and its lr schedule starts) after this many steps
     ema_decay: Optional[float] = None  # EMA of the student, evaluated as "student_ema"; None: off
     finetune_steps: int = 0  # supervised finetuning of the student on labeled data after MPL
 

@@ -60,10 +60,11 @@ class _ArrayUnpickler(pickle.Unpickler):
     """Unpickles plain containers and numpy arrays only: a batch file cannot run code when loaded."""
 
     ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
+        *((f"numpy.{core}.{module}", name) for core in ("core", "_core") for module, name in (
+            ("multiarray", "_reconstruct"), ("multiarray", "scalar"), ("numeric", "_frombuffer"))),
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
+        ("_codecs", "encode"),  # bytes in a protocol-2 pickle written by Python 3
     }
 
     def find_class(self, module: str, name: str):
@@ -228,6 +229,12 @@ def _batches(labeled: DataLoader, unlabeled: DataLoader) -> Iterator[Batch]:
         yield Batch(x_l=x_l, y_l=y_l, x_uw=x_uw, x_us=x_us)
 
 
+def unlabeled_indices(num_train: int, labeled: list[int], which: str) -> np.ndarray:
+    """The training images the unlabeled set holds: ``all`` of them, or the ``rest`` (not labeled)."""
+    everything = np.arange(num_train)
+    return everything if which == "all" else np.setdiff1d(everything, labeled)
+
+
 def _check(cfg, num_train: int) -> None:
     n = cfg.num_labeled
     if n < NUM_CLASSES or n % NUM_CLASSES or n > num_train:
@@ -259,16 +266,16 @@ def build(cfg, device: torch.device) -> SSLData:
     train_x, train_y, test_x, test_y = read_cifar10(root)
     _check(cfg, len(train_y))
     labeled = balanced_labeled_indices(train_y, cfg.num_labeled, NUM_CLASSES, seed=cfg.split_seed)
-    images, labels = to_chw(train_x), torch.from_numpy(train_y)
-    unlabeled_images = images if cfg.unlabeled == "all" else images[np.setdiff1d(np.arange(len(images)), labeled)]
-    _check_batches(cfg, len(labeled), len(unlabeled_images))
+    unlabeled = unlabeled_indices(len(train_y), labeled, cfg.unlabeled)
+    _check_batches(cfg, len(labeled), len(unlabeled))
 
     weak = weak_transform()
     strong = strong_transform(
         cfg.randaugment_num_ops, cfg.randaugment_magnitude, cfg.cutout_scale, cfg.cutout_probability
     )
+    images, labels = to_chw(train_x), torch.from_numpy(train_y)
     labeled_set = LabeledImages(images[labeled], labels[labeled], weak)
-    unlabeled_set = UnlabeledImages(unlabeled_images, weak, strong)
+    unlabeled_set = UnlabeledImages(images[unlabeled], weak, strong)
     test_set = LabeledImages(to_chw(test_x), torch.from_numpy(test_y), eval_transform())
     unlabeled_batch_size = cfg.unlabeled_ratio * cfg.labeled_batch_size
     return SSLData(

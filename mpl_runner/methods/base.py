@@ -25,11 +25,12 @@ class Method:
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler] = {}
 
-    def add_model(self, name: str, model: nn.Module, lr: float | None = None, wait_steps: int = 0) -> nn.Module:
-        """Register a trained model with its own optimizer and lr schedule."""
+    def add_model(self, name: str, model: nn.Module, lr: float | None = None, steps: int | None = None) -> nn.Module:
+        """Register a trained model with its own optimizer and an lr schedule over ``steps`` updates
+        (default: every step of the run)."""
         self.models[name] = model
         self.optimizers[name] = build_optimizer(model.parameters(), self.optim_cfg, lr or self.optim_cfg.lr)
-        self.schedulers[name] = build_scheduler(self.optimizers[name], self.optim_cfg, self.total_steps, wait_steps)
+        self.schedulers[name] = build_scheduler(self.optimizers[name], self.optim_cfg, steps or self.total_steps)
         return model
 
     def update(self, name: str, loss: torch.Tensor) -> None:

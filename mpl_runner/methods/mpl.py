@@ -48,10 +48,12 @@ class MPL(Method):
         super().__init__(optim_cfg, total_steps)
         self.cfg = cfg
         self.teacher = self.add_model("teacher", make_model())
+        # The student starts after student_wait_steps; its lr schedule (warmup, decay) starts then too.
         self.student = self.add_model(
-            "student", make_model(), lr=cfg.student_lr, wait_steps=cfg.student_wait_steps
+            "student", make_model(), lr=cfg.student_lr, steps=total_steps - cfg.student_wait_steps
         )
-        self.baseline = torch.zeros((), device=next(self.student.parameters()).device)
+        param = next(self.student.parameters())
+        self.baseline = torch.zeros((), device=param.device, dtype=param.dtype)
         self.ema = None
         if cfg.ema_decay is not None:
             self.ema = AveragedModel(self.student, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
@@ -64,7 +66,7 @@ class MPL(Method):
         t_logits_us, loss_sup, loss_uda, mask = teacher_losses(self.teacher, batch, self.cfg, step)
         stats = {"teacher/loss_sup": loss_sup.detach(), "teacher/loss_uda": loss_uda.detach(), "uda/mask": mask}
 
-        if step < self.cfg.student_wait_steps:  # the student waits: its lr is 0, so h would be 0
+        if step < self.cfg.student_wait_steps:  # the student has not started: no feedback yet
             self.update("teacher", loss_sup + loss_uda)
             return {**stats, "teacher/loss": (loss_sup + loss_uda).detach()}
 
@@ -129,8 +131,9 @@ class MPL(Method):
 
         Returns that loss, the student's (detached) gradient of L_u, and L_u itself.
         """
-        # Leaf copies of the student's weights: the meta loss then reaches the teacher alone, not student .grad.
-        names, params = zip(*((n, p.detach().requires_grad_()) for n, p in self.student.named_parameters()))
+        # Leaf copies of the student's weights: the meta loss reaches the teacher alone, not student .grad, and
+        # the student's in-place step below does not disturb the graph the teacher backpropagates through.
+        names, params = zip(*((n, p.detach().clone().requires_grad_()) for n, p in self.student.named_parameters()))
         buffers = dict(self.student.named_buffers())
         soft_labels = torch.softmax(t_logits_us, dim=-1)
         s_logits_us = functional_call(self.student, ({**dict(zip(names, params)), **buffers}), (batch.x_us,))

@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+
+from mpl_runner.config import register_configs
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["trainer.steps=30", "trainer.eval_interval=10", "trainer.log_interval=10"]
+
+
+@pytest.fixture
+def make_cfg():
+    """Compose the real config (as ``mpl-run`` would) with the given overrides."""
+    register_configs()
+
+    def _compose(*overrides: str):
+        with initialize_config_module("mpl_runner.conf", version_base="1.3"):
+            return compose("config", overrides=list(overrides))
+
+    return _compose
+
+
+def mpl_run(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run the installed console script as a user would, in a subprocess."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run(
+        [sys.executable, "-m", "mpl_runner", *args], cwd=cwd, env=env, capture_output=True, text=True,
+        timeout=timeout,
+    )
