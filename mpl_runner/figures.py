@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import io
+from pathlib import Path
+
 import matplotlib
+
+from mpl_runner.files import atomic_write_bytes
 
 matplotlib.use("Agg")
 
@@ -50,3 +55,9 @@ def decision_boundaries(x, y, labeled, models: dict[str, torch.nn.Module]):
         plot_points(ax, x, y, labeled, title, model)
     fig.tight_layout()
     return fig
+
+
+def save_png(fig, path: Path, dpi: int = 100) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    atomic_write_bytes(path, buf.getvalue())

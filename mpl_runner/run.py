@@ -6,13 +6,13 @@ Reading order for a newcomer: :func:`run` here, then :func:`mpl_runner.engine.tr
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import random
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
@@ -25,12 +25,13 @@ from omegaconf import DictConfig
 
 from mpl_runner.cli_errors import one_line_error
 from mpl_runner.config import register_configs
-from mpl_runner.data import build_dataset
+from mpl_runner.data import SSLData, build_dataset
 from mpl_runner.errors import UserError
 from mpl_runner.engine import train
-from mpl_runner.files import atomic_write_bytes, atomic_write_json
+from mpl_runner.figures import save_png
+from mpl_runner.files import atomic_write_json
 from mpl_runner.logging import Tracker
-from mpl_runner.methods import build_method
+from mpl_runner.methods import Method, build_method
 from mpl_runner.models import build_model, count_parameters
 from mpl_runner.validate import validate
 
@@ -51,7 +52,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # seeds CUDA too
 
 
-def run(cfg: DictConfig, run_dir: Path) -> dict:
+@dataclass
+class Trained:
+    record: dict  # what metrics.json holds
+    method: Method
+    data: SSLData
+
+
+def execute(cfg: DictConfig, run_dir: Path) -> Trained:
     """Train one configuration; write ``metrics.json``, figures and TensorBoard files into ``run_dir``."""
     validate(cfg)
     wall_start = time.perf_counter()
@@ -76,9 +84,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         metrics = train(method, data, cfg.trainer, device, tracker)
         for stem, fig in (data.figures(method.eval_models()) if data.figures else {}).items():
             tracker.figure(stem, fig, cfg.trainer.steps)
-            buf = io.BytesIO()
-            fig.savefig(buf, format="png", dpi=100)
-            atomic_write_bytes(run_dir / f"{stem}.png", buf.getvalue())
+            save_png(fig, run_dir / f"{stem}.png")
         metrics["wall_seconds"] = time.perf_counter() - wall_start
         tracker.hparams(cfg, metrics, cfg.trainer.steps)
     except BaseException as err:
@@ -90,7 +96,12 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     atomic_write_json(run_dir / "metrics.json", record)
     log.info(f"test/acc {100 * metrics['test/acc']:.2f}% ({method.handed_out}); "
              f"trained {metrics['train_seconds']:.1f}s; metrics in {run_dir / 'metrics.json'}")
-    return record
+    return Trained(record, method, data)
+
+
+def run(cfg: DictConfig, run_dir: Path) -> dict:
+    """Train one configuration (see :func:`execute`); returns what ``metrics.json`` holds."""
+    return execute(cfg, run_dir).record
 
 
 def discard_if_unused(run_dir: Path) -> None:

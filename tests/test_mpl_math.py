@@ -109,9 +109,9 @@ def test_exact_teacher_gradient_matches_finite_differences():
     for idx in [(0, 0), (3, 1), (7, 0), (15, 1)]:
         original = weight.data[idx].item()
         weight.data[idx] = original + eps
-        plus = float(meta_loss())
+        plus = float(meta_loss().detach())
         weight.data[idx] = original - eps
-        minus = float(meta_loss())
+        minus = float(meta_loss().detach())
         weight.data[idx] = original
         numeric = (plus - minus) / (2 * eps)
         assert float(grad[idx]) == pytest.approx(numeric, rel=1e-5, abs=1e-9)

@@ -1,0 +1,34 @@
+# Two commands for a fresh machine; each creates the virtual environment it needs (.venv) on first use.
+#   make run    the main job: MPL on two moons, CPU (any mpl-run overrides via ARGS="...")
+#   make test   the default test suite (slow tests are skipped; `make test-all` runs them too)
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+ARGS ?=
+
+.PHONY: run test test-all study bench clean
+
+run: $(VENV)/.installed
+	$(BIN)/mpl-run $(ARGS)
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest $(ARGS)
+
+test-all: $(VENV)/.installed
+	$(BIN)/python -m pytest -m "slow or not slow" $(ARGS)
+
+study: $(VENV)/.installed
+	$(BIN)/python scripts/two_moons_study.py $(ARGS)
+
+bench: $(VENV)/.installed
+	$(BIN)/python scripts/bench_two_moons.py $(ARGS)
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -e ".[test]"
+	touch $@
+
+clean:
+	rm -rf $(VENV) outputs multirun .pytest_cache

@@ -1,0 +1,72 @@
+"""``mpl-run`` as a user runs it: a subprocess, a temporary working directory, small overrides."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from conftest import TINY, mpl_run
+
+
+def test_single_run_writes_its_record(tmp_path):
+    run_dir = tmp_path / "run"
+    result = mpl_run(*TINY, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["handed_out"] == "student"
+    assert metrics["test/acc"] == metrics["test/student/acc"]
+    for key in ("test/teacher/acc", "all/acc", "all/teacher/acc", "steps", "train_seconds", "wall_seconds"):
+        assert key in metrics
+    assert metrics["steps"] == 30 and 0.5 <= metrics["test/acc"] <= 1.0
+    assert len(json.loads((run_dir / "labeled_indices.json").read_text())) == 12
+    assert (run_dir / "decision_boundary.png").stat().st_size > 10_000
+    assert (run_dir / ".hydra" / "config.yaml").exists()
+    assert list(run_dir.glob("events.out.tfevents.*"))
+    assert "step 30/30" in result.stderr + result.stdout  # the progress line
+
+
+def test_multirun_runs_every_combination_in_its_own_dir(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    result = mpl_run(
+        "-m", "method=supervised,uda,mpl", "seed=0,1,2", *TINY, f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    jobs = sorted(p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit())
+    assert len(jobs) == 9
+    seen = set()
+    for job in jobs:
+        overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
+        metrics = json.loads((job / "metrics.json").read_text())
+        method = next(o.split("=")[1] for o in overrides if o.startswith("method="))
+        seen.add((method, next(o for o in overrides if o.startswith("seed="))))
+        assert metrics["status"] == "completed" and metrics["method"] == method
+        assert list(job.glob("events.out.tfevents.*"))
+    assert len(seen) == 9
+
+
+BAD = [
+    (["method=foo"], "method=foo is not an option; choose one of: mpl, supervised, uda"),
+    (["trainer.stepz=3"], "trainer.stepz is not a config key"),
+    (["+trainer.stepz=3"], "trainer.stepz is not a config key"),
+    (["dataset.num_labeled=7"], "dataset.num_labeled=7 is not allowed"),
+    (["dataset.num_labeled=0"], "dataset.num_labeled=0 is not allowed"),
+    (["dataset.num_labeled=2002"], "dataset.num_labeled=2002 is not allowed"),
+    (["trainer.steps=0"], "trainer.steps=0 is not allowed"),
+    (["optim.lr=0"], "optim.lr=0.0 is not allowed"),
+    (["trainer.steps=ten"], "trainer.steps='ten'"),
+    (["method.variant=second_order"], "method.variant='second_order' is not allowed: one of first_order, exact"),
+]
+
+
+@pytest.mark.parametrize("args,message", BAD, ids=[a[0] for a, _ in BAD])
+def test_bad_input_is_one_line_and_leaves_no_run_dir(tmp_path, args, message):
+    run_dir = tmp_path / "run"
+    result = mpl_run(*args, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"mpl-run: error: {result.stderr.split('error: ', 1)[1].strip()}"]
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not run_dir.exists()
+    assert not (tmp_path / "outputs").exists()

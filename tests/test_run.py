@@ -1,0 +1,44 @@
+"""One run in-process: determinism, the TensorBoard record, the metrics file."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import TINY
+from mpl_runner.run import run
+
+
+@pytest.mark.parametrize("method", ["supervised", "uda", "mpl"])
+def test_same_seed_gives_the_same_metrics_on_cpu(make_cfg, tmp_path, method):
+    cfg = make_cfg(f"method={method}", "device=cpu", "seed=3", *TINY)
+    first, second = run(cfg, tmp_path / "a"), run(cfg, tmp_path / "b")
+    timing = {"train_seconds", "wall_seconds"}
+    assert {k: v for k, v in first.items() if k not in timing} == {k: v for k, v in second.items() if k not in timing}
+    other = run(make_cfg(f"method={method}", "device=cpu", "seed=4", *TINY), tmp_path / "c")
+    assert other["all/acc"] != first["all/acc"] or other["test/acc"] != first["test/acc"]
+
+
+def test_tensorboard_has_losses_accuracies_lrs_figure_and_hparams(make_cfg, tmp_path):
+    run(make_cfg("device=cpu", *TINY), tmp_path)
+    events = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    for tag in ("train/teacher/loss", "train/teacher/loss_sup", "train/teacher/loss_uda", "train/teacher/loss_mpl",
+                "train/student/loss", "train/mpl/h", "train/uda/mask", "eval/teacher/acc", "eval/student/acc",
+                "lr/teacher", "lr/student", "perf/steps_per_s", "test/acc"):
+        assert tag in scalars, tag
+    assert [e.step for e in events.Scalars("eval/student/acc")] == [10, 20, 30]
+    assert "decision_boundary" in events.Tags()["images"]
+    plugins = events.PluginTagToContent("hparams")
+    assert {"_hparams_/experiment", "_hparams_/session_start_info", "_hparams_/session_end_info"} <= set(plugins)
+    assert b"method.name" in plugins["_hparams_/session_start_info"]
+    assert b"test/acc" in plugins["_hparams_/experiment"]
+
+
+def test_metrics_json_matches_the_returned_record(make_cfg, tmp_path):
+    record = run(make_cfg("device=cpu", "method=supervised", *TINY), tmp_path)
+    assert json.loads((tmp_path / "metrics.json").read_text()) == record
+    assert record["handed_out"] == "model" and record["test/acc"] == record["test/model/acc"]

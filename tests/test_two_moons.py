@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from mpl_runner.data.two_moons import balanced_labeled_indices, build, fresh_moons, moons
+
+
+def test_labeled_points_are_balanced_and_follow_the_split_seed():
+    _, y = moons(1000, 0.0, seed=0)
+    a = balanced_labeled_indices(y.numpy(), 12, 2, seed=0)
+    assert np.bincount(y.numpy()[a]).tolist() == [6, 6] and len(set(a)) == 12
+    assert a == balanced_labeled_indices(y.numpy(), 12, 2, seed=0)
+    assert a != balanced_labeled_indices(y.numpy(), 12, 2, seed=1)
+
+
+def test_fresh_draw_is_new_points_of_the_same_moons():
+    x, _ = moons(1000, 0.0, seed=0)
+    x_new, y_new = fresh_moons(1000, 0.0, seed=1)
+    assert torch.bincount(y_new).tolist() == [1000, 1000]
+    assert not any(torch.isclose(x_new[:5, None], x[None]).all(-1).any(-1))
+    outer, inner = x_new[y_new == 0], x_new[y_new == 1]
+    assert torch.allclose(outer.norm(dim=1), torch.ones(1000), atol=1e-5)
+    assert torch.allclose((inner - torch.tensor([1.0, 0.5])).norm(dim=1), torch.ones(1000), atol=1e-5)
+
+
+def test_batches_hold_labeled_points_and_jittered_views(make_cfg):
+    cfg = make_cfg("dataset.unlabeled_batch_size=100").dataset
+    data = build(cfg, torch.device("cpu"))
+    batch = next(data.train_batches)
+    assert batch.x_l.shape == (12, 2) and batch.y_l.tolist().count(0) == 6
+    assert batch.x_uw.shape == batch.x_us.shape == (100, 2)
+    assert (batch.x_us - batch.x_uw).std() > 0.1  # strong view is jittered (std 0.2), weak view is not
+    assert data.eval_splits.keys() == {"test", "all"}

@@ -1,0 +1,49 @@
+"""Config checks that run before anything is built (in-process; the CLI tests cover the printed line)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mpl_runner.errors import UserError
+from mpl_runner.validate import validate
+
+BAD = {
+    "dataset.num_labeled=5": "multiple of 2",
+    "dataset.num_labeled=2002": "from 2 to 2000",
+    "dataset.points_per_class=0": "dataset.points_per_class=0",
+    "dataset.noise=-0.1": "dataset.noise=-0.1",
+    "dataset.unlabeled_batch_size=0": "dataset.unlabeled_batch_size=0",
+    "model.activation=swish": "one of gelu, relu, silu, tanh",
+    "model.hidden_sizes=[64,0]": "model.hidden_sizes",
+    "optim.name=lbfgs": "one of sgd, adam",
+    "optim.lr=-0.1": "optim.lr=-0.1",
+    "optim.momentum=1.0": "[0, 1)",
+    "optim.schedule=step": "one of constant, cosine",
+    "trainer.eval_interval=0": "trainer.eval_interval=0",
+    "method.feedback=both": "old_minus_new, new_minus_old",
+    "method.pseudo_label=soft": "argmax, sample",
+    "method.uda.threshold=1.5": "[0, 1]",
+    "method.uda.temperature=0": "method.uda.temperature=0.0",
+    "method.student_wait_steps=500": "0 to 499",
+    "device=tpu": "auto, cpu, cuda or cuda:N",
+}
+
+
+@pytest.mark.parametrize("override,message", BAD.items(), ids=list(BAD))
+def test_bad_value_names_the_key_and_what_is_allowed(make_cfg, override, message):
+    with pytest.raises(UserError, match=None) as err:
+        validate(make_cfg(override))
+    assert message in str(err.value)
+    assert override.split("=")[0] in str(err.value)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_without_cuda_is_refused(make_cfg):
+    with pytest.raises(UserError, match="CUDA is not available"):
+        validate(make_cfg("device=cuda"))
+
+
+def test_exact_variant_takes_only_the_derived_sign(make_cfg):
+    with pytest.raises(UserError, match="method.feedback"):
+        validate(make_cfg("method.variant=exact", "method.feedback=new_minus_old"))
