@@ -29,11 +29,41 @@ class TwoMoonsConfig:
 
 
 @dataclass
+class Cifar10Config:
+    name: str = "cifar10"
+    root: str = "data/cifar10"  # the directory that holds cifar-10-batches-py/
+    download: bool = False  # fetch the official archive into root when the data is absent
+    num_labeled: int = 4000  # drawn balanced: num_labeled / 10 per class
+    split_seed: int = SI("${seed}")  # which images are labeled; follows the run seed unless pinned
+    unlabeled: str = "all"  # all: every training image (the paper); rest: the training images not labeled
+    labeled_batch_size: int = 64
+    unlabeled_ratio: int = 7  # mu: the unlabeled batch is mu * labeled_batch_size images
+    num_workers: int = 2  # per DataLoader (labeled, unlabeled, test)
+    pin_memory: bool = True  # only used when the device is CUDA
+    persistent_workers: bool = True  # only used when num_workers > 0
+    randaugment_num_ops: int = 2
+    randaugment_magnitude: int = 16  # torchvision's scale: 0 to 30
+    cutout_scale: list[float] = field(default_factory=lambda: [0.02, 0.25])  # erased area, fraction of the image
+    cutout_probability: float = 1.0
+    eval_batch_size: int = 512
+
+
+@dataclass
 class MLPConfig:
     name: str = "mlp"
     hidden_sizes: list[int] = field(default_factory=lambda: [64, 64])
     activation: str = "relu"
     dropout: float = 0.0
+
+
+@dataclass
+class WideResNetConfig:
+    name: str = "wide_resnet"
+    depth: int = 28
+    widen_factor: int = 2
+    dropout: float = 0.0
+    bn_momentum: float = 0.01  # PyTorch convention: 0.99 in TensorFlow terms
+    leaky_relu_slope: float = 0.1
 
 
 @dataclass
@@ -95,6 +125,8 @@ class TrainerConfig:
     eval_interval: int = 250
     log_interval: int = 50
     num_threads: Optional[int] = None  # torch intra-op threads; None: torch's default
+    amp: str = "none"  # none | bf16 | fp16 (autocast; fp16 with a gradient scaler)
+    channels_last: bool = False  # NHWC memory layout for image models and batches
     progress: bool = True  # one console line per evaluation
 
 
@@ -110,8 +142,8 @@ class Config:
 
 
 SCHEMAS: dict[str, dict[str, type]] = {
-    "dataset": {"two_moons": TwoMoonsConfig},
-    "model": {"mlp": MLPConfig},
+    "dataset": {"two_moons": TwoMoonsConfig, "cifar10": Cifar10Config},
+    "model": {"mlp": MLPConfig, "wide_resnet": WideResNetConfig},
     "method": {"supervised": SupervisedConfig, "uda": UDAMethodConfig, "mpl": MPLConfig},
     "optim": {"optim": OptimConfig},
     "trainer": {"trainer": TrainerConfig},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -14,6 +15,16 @@ from mpl_runner.logging import Tracker
 from mpl_runner.methods import Method
 
 log = logging.getLogger(__name__)
+
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device: torch.device, amp: str):
+    """Mixed precision for forward passes (``amp`` none | bf16 | fp16)."""
+    if amp == "none":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=AMP_DTYPES[amp])
 
 
 class NonFiniteLoss(UserError):
@@ -62,11 +73,13 @@ def train(method: Method, data: SSLData, trainer_cfg, device: torch.device, trac
     """Run ``trainer_cfg.steps`` steps; returns the final metrics (every split, every model)."""
     steps = trainer_cfg.steps
     start = time.perf_counter()
-    window_start, window_step = start, 0
+    window_start, window_step, window_images = start, 0, 0
     stats: dict[str, float] = {}
     for step in range(steps):
-        batch = next(data.train_batches).to(device, non_blocking=True)
-        raw = method.train_step(batch, step)
+        batch = next(data.train_batches).to(device, non_blocking=True, channels_last=trainer_cfg.channels_last)
+        with autocast(device, trainer_cfg.amp):
+            raw = method.train_step(batch, step)
+        window_images += len(batch.x_l) + len(batch.x_uw) + len(batch.x_us)
         done = step + 1
         # Reading the scalars synchronises with the device, so it happens only every log_interval steps.
         if done % trainer_cfg.log_interval == 0 or done == steps:
@@ -74,16 +87,19 @@ def train(method: Method, data: SSLData, trainer_cfg, device: torch.device, trac
             _check_finite(done, stats)
             now = time.perf_counter()
             rate = (done - window_step) / (now - window_start)
-            window_start, window_step = now, done
+            images_per_s = window_images / (now - window_start)
+            window_start, window_step, window_images = now, done, 0
             tracker.scalars(done, stats, prefix="train/")
             tracker.scalars(done, method.lrs(), prefix="lr/")
-            tracker.scalars(done, {"perf/steps_per_s": rate})
+            tracker.scalars(done, {"perf/steps_per_s": rate, "perf/images_per_s": images_per_s})
         if done % trainer_cfg.eval_interval == 0 or done == steps:
-            accs = evaluate(method, data, device)
+            with autocast(device, trainer_cfg.amp):
+                accs = evaluate(method, data, device)
             tracker.scalars(done, {f"eval/{k.split('/', 1)[1]}": v for k, v in accs.items() if k.count("/") == 2})
             if trainer_cfg.progress:
                 log.info(_progress_line(done, steps, stats, accs, done / (time.perf_counter() - start)))
     train_seconds = time.perf_counter() - start
-    metrics = evaluate(method, data, device, splits=tuple(data.eval_splits))
+    with autocast(device, trainer_cfg.amp):
+        metrics = evaluate(method, data, device, splits=tuple(data.eval_splits))
     metrics.update({"steps": steps, "train_seconds": train_seconds})
     return metrics

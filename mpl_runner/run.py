@@ -71,10 +71,14 @@ def execute(cfg: DictConfig, run_dir: Path) -> Trained:
     data = build_dataset(cfg.dataset, device)
     atomic_write_json(run_dir / "labeled_indices.json", data.labeled_indices)
 
+    memory_format = torch.channels_last if cfg.trainer.channels_last else torch.preserve_format
+
     def make_model():
-        return build_model(cfg.model, data.input_shape, data.num_classes).to(device)
+        return build_model(cfg.model, data.input_shape, data.num_classes).to(device, memory_format=memory_format)
 
     method = build_method(cfg.method, cfg.optim, cfg.trainer.steps, make_model)
+    if cfg.trainer.amp == "fp16":
+        method.enable_grad_scaling(device)
     sizes = ", ".join(f"{k} {count_parameters(m):,}" for k, m in method.models.items())
     log.info(f"{cfg.method.name} on {cfg.dataset.name} ({len(data.labeled_indices)} labeled), {device}; "
              f"parameters: {sizes}; run dir {run_dir}")

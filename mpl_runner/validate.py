@@ -77,6 +77,7 @@ def validate_trainer(cfg) -> None:
     for key in ("trainer.steps", "trainer.eval_interval", "trainer.log_interval"):
         positive(cfg, key)
     positive(cfg, "trainer.num_threads", optional=True)
+    one_of(cfg, "trainer.amp", ("none", "bf16", "fp16"))
 
 
 def validate_device(device: str) -> None:
@@ -100,8 +101,22 @@ def validate_dataset(cfg) -> None:
         at_least(cfg, "dataset.strong_jitter", 0)
         positive(cfg, "dataset.labeled_batch_size", optional=True)
         positive(cfg, "dataset.unlabeled_batch_size", optional=True)
+    elif data.name == "cifar10":
+        num_classes, num_points = 10, 50_000
+        one_of(cfg, "dataset.unlabeled", ("all", "rest"))
+        for key in ("labeled_batch_size", "unlabeled_ratio", "eval_batch_size"):
+            positive(cfg, f"dataset.{key}")
+        at_least(cfg, "dataset.num_workers", 0)
+        if not 0 <= data.randaugment_num_ops <= 14:
+            raise ConfigError("dataset.randaugment_num_ops", data.randaugment_num_ops, "0 to 14 (RandAugment's ops)")
+        if not 0 <= data.randaugment_magnitude <= 30:
+            raise ConfigError("dataset.randaugment_magnitude", data.randaugment_magnitude, "0 to 30 (torchvision's scale)")
+        fraction(cfg, "dataset.cutout_probability", closed=True)
+        low_high = list(data.cutout_scale)
+        if len(low_high) != 2 or not 0 <= low_high[0] <= low_high[1] <= 1:
+            raise ConfigError("dataset.cutout_scale", low_high, "[low, high] with 0 <= low <= high <= 1")
     else:
-        raise ConfigError("dataset.name", data.name, "two_moons")
+        raise ConfigError("dataset.name", data.name, "two_moons or cifar10")
     n = data.num_labeled
     if n < num_classes or n % num_classes or n > num_points:
         raise ConfigError(
@@ -116,8 +131,15 @@ def validate_model(cfg) -> None:
             raise ConfigError("model.hidden_sizes", list(cfg.model.hidden_sizes), "a list of sizes > 0")
         one_of(cfg, "model.activation", sorted(ACTIVATIONS))
         fraction(cfg, "model.dropout")
+    elif cfg.model.name == "wide_resnet":
+        if cfg.model.depth < 10 or (cfg.model.depth - 4) % 6:
+            raise ConfigError("model.depth", cfg.model.depth, "10, 16, 22, 28, ... (6n + 4)")
+        positive(cfg, "model.widen_factor")
+        fraction(cfg, "model.dropout")
+        fraction(cfg, "model.bn_momentum", closed=True)
+        at_least(cfg, "model.leaky_relu_slope", 0)
     else:
-        raise ConfigError("model.name", cfg.model.name, "mlp")
+        raise ConfigError("model.name", cfg.model.name, "mlp or wide_resnet")
 
 
 def validate_optim(cfg) -> None:
@@ -151,5 +173,7 @@ def validate_method(cfg) -> None:
         raise ConfigError(
             "method.student_wait_steps", method.student_wait_steps, f"0 to {cfg.trainer.steps - 1} (trainer.steps - 1)"
         )
+    if method.variant == "exact" and cfg.trainer.amp == "fp16":
+        raise ConfigError("trainer.amp", "fp16", "none or bf16 with method.variant=exact (no gradient scaler there)")
     if method.variant == "exact" and method.feedback != "old_minus_new":
         raise ConfigError("method.feedback", method.feedback, "old_minus_new with method.variant=exact")

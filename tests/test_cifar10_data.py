@@ -13,7 +13,8 @@ import torch
 from omegaconf import OmegaConf
 
 from mpl_runner.data import cifar10
-from mpl_runner.data.cifar10 import Cifar10Config, build, read_cifar10
+from mpl_runner.config import Cifar10Config
+from mpl_runner.data.cifar10 import build, read_cifar10
 from mpl_runner.errors import ConfigError, DataError
 
 REAL_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"

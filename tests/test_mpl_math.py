@@ -103,7 +103,7 @@ def test_exact_teacher_gradient_matches_finite_differences():
     def meta_loss():
         return method.lookahead_labeled_loss(batch, teacher(batch.x_us))[0]
 
-    weight = teacher[0].weight  # first layer, 16 x 2
+    weight = teacher[1].weight  # first linear layer (after Flatten), 16 x 2
     (grad,) = torch.autograd.grad(meta_loss(), weight)
     eps = 1e-6
     for idx in [(0, 0), (3, 1), (7, 0), (15, 1)]:

@@ -3,7 +3,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mpl_runner.data.two_moons import balanced_labeled_indices, build, fresh_moons, moons
+from mpl_runner.data.splits import balanced_labeled_indices
+from mpl_runner.data.two_moons import build, fresh_moons, moons
 
 
 def test_labeled_points_are_balanced_and_follow_the_split_seed():

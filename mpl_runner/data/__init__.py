@@ -14,4 +14,8 @@ def build_dataset(cfg, device: torch.device) -> SSLData:
         from mpl_runner.data import two_moons
 
         return two_moons.build(cfg, device)
+    if cfg.name == "cifar10":
+        from mpl_runner.data import cifar10
+
+        return cifar10.build(cfg, device)
     raise ValueError(f"unknown dataset {cfg.name!r}")  # validate() rejects this before a run starts

@@ -16,8 +16,12 @@ class Batch:
     x_uw: torch.Tensor  # unlabeled inputs, weak view
     x_us: torch.Tensor  # the same unlabeled inputs, strong view
 
-    def to(self, device: torch.device, non_blocking: bool = False) -> "Batch":
-        return Batch(*(t.to(device, non_blocking=non_blocking) for t in (self.x_l, self.y_l, self.x_uw, self.x_us)))
+    def to(self, device: torch.device, non_blocking: bool = False, channels_last: bool = False) -> "Batch":
+        def move(t: torch.Tensor) -> torch.Tensor:
+            t = t.to(device, non_blocking=non_blocking)
+            return t.contiguous(memory_format=torch.channels_last) if channels_last and t.dim() == 4 else t
+
+        return Batch(*(move(t) for t in (self.x_l, self.y_l, self.x_uw, self.x_us)))
 
 
 @dataclass

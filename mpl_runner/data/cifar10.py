@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import pickle
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import SI
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 from torchvision.datasets.utils import download_and_extract_archive
 from torchvision.transforms import v2
 
 from mpl_runner.data.batch import Batch, SSLData
-from mpl_runner.data.two_moons import balanced_labeled_indices
+from mpl_runner.data.splits import balanced_labeled_indices
 from mpl_runner.errors import ConfigError, DataError
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -31,26 +29,6 @@ TEST_FILE = "test_batch"
 NUM_CLASSES = 10
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2470, 0.2435, 0.2616)
-
-
-@dataclass
-class Cifar10Config:
-    name: str = "cifar10"
-    root: str = "data/cifar10"  # the directory that holds cifar-10-batches-py/
-    download: bool = False  # fetch the official archive into root when the data is absent
-    num_labeled: int = 4000  # drawn balanced: num_labeled / 10 per class
-    split_seed: int = SI("${seed}")  # which images are labeled; follows the run seed unless pinned
-    unlabeled: str = "all"  # all: every training image (the paper); rest: the training images not labeled
-    labeled_batch_size: int = 64
-    unlabeled_ratio: int = 7  # mu: the unlabeled batch is mu * labeled_batch_size images
-    num_workers: int = 2  # per DataLoader (labeled, unlabeled, test)
-    pin_memory: bool = True  # only used when the device is CUDA
-    persistent_workers: bool = True  # only used when num_workers > 0
-    randaugment_num_ops: int = 2
-    randaugment_magnitude: int = 16  # torchvision's scale: 0 to 30
-    cutout_scale: list[float] = field(default_factory=lambda: [0.02, 0.25])  # erased area, fraction of the image
-    cutout_probability: float = 1.0
-    eval_batch_size: int = 512
 
 
 # --- reading -------------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import torch
 from sklearn.datasets import make_moons
 
 from mpl_runner.data.batch import Batch, SSLData
+from mpl_runner.data.splits import balanced_labeled_indices
 from mpl_runner.figures import decision_boundaries
 
 
@@ -33,14 +34,6 @@ def fresh_moons(points_per_class: int, noise: float, seed: int) -> tuple[torch.T
     x = np.concatenate([outer, inner]) + rng.normal(scale=noise, size=(2 * points_per_class, 2))
     y = np.repeat([0, 1], points_per_class)
     return torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.long)
-
-
-def balanced_labeled_indices(labels: np.ndarray, num_labeled: int, num_classes: int, seed: int) -> list[int]:
-    """``num_labeled / num_classes`` indices of each class, drawn without replacement with their own seed."""
-    rng = np.random.default_rng(seed)
-    per_class = num_labeled // num_classes
-    picked = [rng.choice(np.flatnonzero(labels == c), per_class, replace=False) for c in range(num_classes)]
-    return sorted(int(i) for i in np.concatenate(picked))
 
 
 def _rows(n: int, batch_size: int | None, device: torch.device) -> torch.Tensor | None:

@@ -24,6 +24,11 @@ class Method:
         self.models: dict[str, nn.Module] = {}
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler] = {}
+        self.scalers: dict[str, torch.amp.GradScaler] = {}  # fp16 only: set by enable_grad_scaling()
+
+    def enable_grad_scaling(self, device: torch.device) -> None:
+        """fp16 autocast: one gradient scaler per trained model."""
+        self.scalers = {name: torch.amp.GradScaler(device.type) for name in self.models}
 
     def add_model(self, name: str, model: nn.Module, lr: float | None = None, steps: int | None = None) -> nn.Module:
         """Register a trained model with its own optimizer and an lr schedule over ``steps`` updates
@@ -35,15 +40,23 @@ class Method:
 
     def update(self, name: str, loss: torch.Tensor) -> None:
         """One optimizer step of model ``name`` on ``loss`` (clipping the grad norm if configured)."""
-        optimizer = self.optimizers[name]
+        optimizer, scaler = self.optimizers[name], self.scalers.get(name)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (scaler.scale(loss) if scaler else loss).backward()
         self.step_optimizer(name)
 
     def step_optimizer(self, name: str) -> None:
+        """Clip (if configured), step and advance the lr schedule of model ``name``; its grads are set."""
+        optimizer, scaler = self.optimizers[name], self.scalers.get(name)
         if self.optim_cfg.grad_clip is not None:
+            if scaler:
+                scaler.unscale_(optimizer)
             nn.utils.clip_grad_norm_(self.models[name].parameters(), self.optim_cfg.grad_clip)
-        self.optimizers[name].step()
+        if scaler:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
         self.schedulers[name].step()
 
     def lr(self, name: str) -> float:
@@ -64,9 +77,12 @@ class Method:
             "models": {k: m.state_dict() for k, m in self.models.items()},
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
             "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
+            "scalers": {k: s.state_dict() for k, s in self.scalers.items()},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for kind, objs in (("models", self.models), ("optimizers", self.optimizers), ("schedulers", self.schedulers)):
+        kinds = ("models", self.models), ("optimizers", self.optimizers), ("schedulers", self.schedulers), (
+            "scalers", self.scalers)
+        for kind, objs in kinds:
             for name, obj in objs.items():
                 obj.load_state_dict(state[kind][name])

@@ -7,11 +7,16 @@ import math
 from torch import nn
 
 from mpl_runner.models.mlp import MLP
+from mpl_runner.models.wide_resnet import WideResNet
 
 
 def build_model(cfg, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     if cfg.name == "mlp":
         return MLP(math.prod(input_shape), num_classes, list(cfg.hidden_sizes), cfg.activation, cfg.dropout)
+    if cfg.name == "wide_resnet":
+        return WideResNet(
+            num_classes, cfg.depth, cfg.widen_factor, cfg.dropout, cfg.bn_momentum, cfg.leaky_relu_slope
+        )
     raise ValueError(f"unknown model {cfg.name!r}")  # validate() rejects this before a run starts
 
 

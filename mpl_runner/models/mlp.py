@@ -6,10 +6,10 @@ ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "silu": nn.SiL
 
 
 class MLP(nn.Sequential):
-    """Linear layers with an activation (and optional dropout) between them."""
+    """Linear layers with an activation (and optional dropout) between them; inputs are flattened first."""
 
     def __init__(self, in_features: int, num_classes: int, hidden_sizes, activation: str = "relu", dropout=0.0):
-        layers: list[nn.Module] = []
+        layers: list[nn.Module] = [nn.Flatten()]
         width = in_features
         for hidden in hidden_sizes:
             layers += [nn.Linear(width, hidden), ACTIVATIONS[activation]()]

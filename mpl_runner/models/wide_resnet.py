@@ -6,20 +6,8 @@ Pre-activation basic blocks with leaky ReLU; dropout only before the final linea
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
-
-
-@dataclass
-class WideResNetConfig:
-    name: str = "wide_resnet"
-    depth: int = 28
-    widen_factor: int = 2
-    dropout: float = 0.0
-    bn_momentum: float = 0.01  # PyTorch convention: 0.99 in TensorFlow terms
-    leaky_relu_slope: float = 0.1
 
 
 class BasicBlock(nn.Module):
