@@ -92,14 +92,19 @@ def train(method: Method, data: SSLData, trainer_cfg, device: torch.device, trac
             tracker.scalars(done, stats, prefix="train/")
             tracker.scalars(done, method.lrs(), prefix="lr/")
             tracker.scalars(done, {"perf/steps_per_s": rate, "perf/images_per_s": images_per_s})
-        if done % trainer_cfg.eval_interval == 0 or done == steps:
+        if done % trainer_cfg.eval_interval == 0 and done != steps:  # the last step's evaluation is below
             with autocast(device, trainer_cfg.amp):
                 accs = evaluate(method, data, device)
-            tracker.scalars(done, {f"eval/{k.split('/', 1)[1]}": v for k, v in accs.items() if k.count("/") == 2})
-            if trainer_cfg.progress:
-                log.info(_progress_line(done, steps, stats, accs, done / (time.perf_counter() - start)))
+            _report_eval(tracker, trainer_cfg, done, stats, accs, start)
     train_seconds = time.perf_counter() - start
     with autocast(device, trainer_cfg.amp):
         metrics = evaluate(method, data, device, splits=tuple(data.eval_splits))
+    _report_eval(tracker, trainer_cfg, steps, stats, {k: v for k, v in metrics.items() if k.startswith("test/")}, start)
     metrics.update({"steps": steps, "train_seconds": train_seconds})
     return metrics
+
+
+def _report_eval(tracker: Tracker, trainer_cfg, step: int, stats, accs: dict[str, float], start: float) -> None:
+    tracker.scalars(step, {f"eval/{k.split('/', 1)[1]}": v for k, v in accs.items() if k.count("/") == 2})
+    if trainer_cfg.progress:
+        log.info(_progress_line(step, trainer_cfg.steps, stats, accs, step / (time.perf_counter() - start)))
