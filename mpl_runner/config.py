@@ -104,7 +104,8 @@ class MPLConfig:
     student_lr: Optional[float] = None  # None: same as optim.lr
     student_wait_steps: int = 0  # the student starts learning (and its lr schedule starts) after this many steps
     ema_decay: Optional[float] = None  # EMA of the student, evaluated as "student_ema"; None: off
-    finetune_steps: int = 0  # supervised finetuning of the student on labeled data after MPL
+    finetune_steps: int = 0  # the last steps of the run finetune the student on labeled data alone
+    finetune_lr: float = 3e-5  # constant lr of the finetuning SGD (Nesterov momentum 0.9)
 
 
 @dataclass
@@ -125,7 +126,7 @@ class TrainerConfig:
     eval_interval: int = 250
     log_interval: int = 50
     num_threads: Optional[int] = None  # torch intra-op threads; None: torch's default
-    amp: str = "none"  # none | bf16 | fp16 (autocast; fp16 with a gradient scaler)
+    amp: str = "none"  # none | bf16 | fp16 (with a gradient scaler) | auto (CUDA: bf16 if supported, else fp16)
     channels_last: bool = False  # NHWC memory layout for image models and batches
     progress: bool = True  # one console line per evaluation
 

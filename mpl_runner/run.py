@@ -27,7 +27,7 @@ from mpl_runner.cli_errors import one_line_error
 from mpl_runner.config import register_configs
 from mpl_runner.data import SSLData, build_dataset
 from mpl_runner.errors import UserError
-from mpl_runner.engine import train
+from mpl_runner.engine import resolve_amp, train
 from mpl_runner.figures import save_png
 from mpl_runner.files import atomic_write_json
 from mpl_runner.logging import Tracker
@@ -77,15 +77,16 @@ def execute(cfg: DictConfig, run_dir: Path) -> Trained:
         return build_model(cfg.model, data.input_shape, data.num_classes).to(device, memory_format=memory_format)
 
     method = build_method(cfg.method, cfg.optim, cfg.trainer.steps, make_model)
-    if cfg.trainer.amp == "fp16":
+    amp = resolve_amp(cfg.trainer.amp, device)
+    if amp == "fp16":
         method.enable_grad_scaling(device)
     sizes = ", ".join(f"{k} {count_parameters(m):,}" for k, m in method.models.items())
     log.info(f"{cfg.method.name} on {cfg.dataset.name} ({len(data.labeled_indices)} labeled), {device}; "
-             f"parameters: {sizes}; run dir {run_dir}")
+             f"precision {amp}; parameters: {sizes}; run dir {run_dir}")
 
     tracker = Tracker(run_dir)
     try:
-        metrics = train(method, data, cfg.trainer, device, tracker)
+        metrics = train(method, data, cfg.trainer, device, tracker, amp)
         for stem, fig in (data.figures(method.eval_models()) if data.figures else {}).items():
             tracker.figure(stem, fig, cfg.trainer.steps)
             save_png(fig, run_dir / f"{stem}.png")

@@ -77,7 +77,7 @@ def validate_trainer(cfg) -> None:
     for key in ("trainer.steps", "trainer.eval_interval", "trainer.log_interval"):
         positive(cfg, key)
     positive(cfg, "trainer.num_threads", optional=True)
-    one_of(cfg, "trainer.amp", ("none", "bf16", "fp16"))
+    one_of(cfg, "trainer.amp", ("none", "bf16", "fp16", "auto"))
 
 
 def validate_device(device: str) -> None:
@@ -169,11 +169,16 @@ def validate_method(cfg) -> None:
     fraction(cfg, "method.baseline_decay", optional=True)
     positive(cfg, "method.student_lr", optional=True)
     fraction(cfg, "method.ema_decay", optional=True)
-    if not 0 <= method.student_wait_steps < cfg.trainer.steps:
+    if not 0 <= method.finetune_steps < cfg.trainer.steps:
+        raise ConfigError("method.finetune_steps", method.finetune_steps, f"0 to {cfg.trainer.steps - 1}")
+    positive(cfg, "method.finetune_lr")
+    mpl_steps = cfg.trainer.steps - method.finetune_steps
+    if not 0 <= method.student_wait_steps < mpl_steps:
         raise ConfigError(
-            "method.student_wait_steps", method.student_wait_steps, f"0 to {cfg.trainer.steps - 1} (trainer.steps - 1)"
+            "method.student_wait_steps", method.student_wait_steps,
+            f"0 to {mpl_steps - 1} (trainer.steps - method.finetune_steps - 1)",
         )
-    if method.variant == "exact" and cfg.trainer.amp == "fp16":
-        raise ConfigError("trainer.amp", "fp16", "none or bf16 with method.variant=exact (no gradient scaler there)")
+    if method.variant == "exact" and cfg.trainer.amp in ("fp16", "auto"):
+        raise ConfigError("trainer.amp", cfg.trainer.amp, "none or bf16 with method.variant=exact (no grad scaler)")
     if method.variant == "exact" and method.feedback != "old_minus_new":
         raise ConfigError("method.feedback", method.feedback, "old_minus_new with method.variant=exact")

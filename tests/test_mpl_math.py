@@ -134,3 +134,13 @@ def test_moving_average_baseline_is_subtracted():
     stats = method.train_step(make_batch(), 0)
     assert float(stats["mpl/baseline"]) == pytest.approx(0.1 * h_raw, rel=1e-9)
     assert float(stats["mpl/h"]) == pytest.approx(0.9 * h_raw, rel=1e-9)
+
+
+def test_finetuning_trains_the_student_alone_on_labels():
+    method = make_mpl(lr=0.1, finetune_steps=2)  # total_steps=10: steps 8 and 9 finetune
+    teacher = copy.deepcopy(method.teacher.state_dict())
+    student = copy.deepcopy(method.student.state_dict())
+    stats = method.train_step(make_batch(), step=8)
+    assert set(stats) == {"student/loss_finetune"}
+    assert all(torch.equal(teacher[k], v) for k, v in method.teacher.state_dict().items())
+    assert not all(torch.equal(student[k], v) for k, v in method.student.state_dict().items())

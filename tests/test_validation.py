@@ -26,6 +26,7 @@ BAD = {
     "method.uda.threshold=1.5": "[0, 1]",
     "method.uda.temperature=0": "method.uda.temperature=0.0",
     "method.student_wait_steps=500": "0 to 499",
+    "method.finetune_steps=500": "0 to 499",
     "device=tpu": "auto, cpu, cuda or cuda:N",
 }
 

@@ -48,9 +48,15 @@ class MPL(Method):
         super().__init__(optim_cfg, total_steps)
         self.cfg = cfg
         self.teacher = self.add_model("teacher", make_model())
-        # The student starts after student_wait_steps; its lr schedule (warmup, decay) starts then too.
+        # The student starts after student_wait_steps; its lr schedule (warmup, decay) starts then too, and
+        # ends where finetuning (the last finetune_steps) begins.
+        self.mpl_steps = total_steps - cfg.finetune_steps
         self.student = self.add_model(
-            "student", make_model(), lr=cfg.student_lr, steps=total_steps - cfg.student_wait_steps
+            "student", make_model(), lr=cfg.student_lr, steps=self.mpl_steps - cfg.student_wait_steps
+        )
+        self.finetune_optimizer = torch.optim.SGD(
+            self.student.parameters(), lr=cfg.finetune_lr, momentum=0.9, nesterov=True,
+            weight_decay=optim_cfg.weight_decay,
         )
         param = next(self.student.parameters())
         self.baseline = torch.zeros((), device=param.device, dtype=param.dtype)
@@ -62,6 +68,8 @@ class MPL(Method):
     # -- the step ---------------------------------------------------------------------------------------------
 
     def train_step(self, batch, step: int):
+        if step >= self.mpl_steps:
+            return self._finetune_step(batch)
         # 1-2. Teacher forward on (x_l, x_uw, x_us); supervised and UDA losses.
         t_logits_us, loss_sup, loss_uda, mask = teacher_losses(self.teacher, batch, self.cfg, step)
         stats = {"teacher/loss_sup": loss_sup.detach(), "teacher/loss_uda": loss_uda.detach(), "uda/mask": mask}
@@ -104,6 +112,15 @@ class MPL(Method):
         self._update_ema()
         new = self.student_labeled_loss(batch)
         return meta_loss, {"student/loss": loss_student.detach(), "mpl/h": old - new}
+
+    def _finetune_step(self, batch):
+        """After MPL: the student alone on the labeled batch (the paper's finetuning)."""
+        loss = F.cross_entropy(self.student(batch.x_l), batch.y_l, label_smoothing=self.cfg.label_smoothing)
+        self.finetune_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.finetune_optimizer.step()
+        self._update_ema()
+        return {"student/loss_finetune": loss.detach()}
 
     # -- pieces, named as in DESIGN.md section 4 ------------------------------------------------------------
 
@@ -161,6 +178,7 @@ class MPL(Method):
     def state_dict(self):
         state = super().state_dict()
         state["baseline"] = self.baseline.clone()
+        state["finetune_optimizer"] = self.finetune_optimizer.state_dict()
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
         return state
@@ -168,6 +186,7 @@ class MPL(Method):
     def load_state_dict(self, state):
         super().load_state_dict(state)
         self.baseline.copy_(state["baseline"])
+        self.finetune_optimizer.load_state_dict(state["finetune_optimizer"])
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
 
