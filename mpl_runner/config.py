@@ -129,6 +129,7 @@ class TrainerConfig:
     amp: str = "none"  # none | bf16 | fp16 (with a gradient scaler) | auto (CUDA: bf16 if supported, else fp16)
     channels_last: bool = False  # NHWC memory layout for image models and batches
     progress: bool = True  # one console line per evaluation
+    progress_interval: Optional[int] = None  # also a line (losses, speed) every N steps; None: evaluations only
 
 
 @dataclass

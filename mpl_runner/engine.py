@@ -43,26 +43,30 @@ class NonFiniteLoss(UserError):
 
 
 @torch.no_grad()
-def accuracy(model: torch.nn.Module, batches, device: torch.device) -> float:
-    """Top-1 accuracy in eval mode (the model's mode is restored afterwards)."""
+def confusion_matrix(model: torch.nn.Module, batches, device: torch.device, num_classes: int) -> torch.Tensor:
+    """Counts [true class, predicted class] in eval mode (the model's mode is restored afterwards)."""
     was_training = model.training
     model.eval()
-    correct = total = 0
+    counts = torch.zeros(num_classes * num_classes, dtype=torch.long, device=device)
     for x, y in batches:
-        y = y.to(device)
-        correct += (model(x.to(device)).argmax(dim=1) == y).sum()
-        total += len(y)
+        pred = model(x.to(device, non_blocking=True)).argmax(dim=1)
+        counts += torch.bincount(y.to(device) * num_classes + pred, minlength=num_classes * num_classes)
     model.train(was_training)
-    return float(correct) / total
+    return counts.reshape(num_classes, num_classes).cpu()
 
 
-def evaluate(method: Method, data: SSLData, device: torch.device, splits=("test",)) -> dict[str, float]:
+def evaluate(
+    method: Method, data: SSLData, device: torch.device, splits=("test",), confusions: dict | None = None
+) -> dict[str, float]:
     """``{"<split>/<model>/acc": ...}`` for every model the method exposes, and ``<split>/acc`` for the one
-    it hands out."""
+    it hands out. ``confusions``, when given, receives each ``"<split>/<model>"`` confusion matrix."""
     out = {}
     for split in splits:
         for name, model in method.eval_models().items():
-            out[f"{split}/{name}/acc"] = accuracy(model, data.eval_splits[split], device)
+            matrix = confusion_matrix(model, data.eval_splits[split], device, data.num_classes)
+            out[f"{split}/{name}/acc"] = float(matrix.diag().sum()) / float(matrix.sum())
+            if confusions is not None:
+                confusions[f"{split}/{name}"] = matrix
         out[f"{split}/acc"] = out[f"{split}/{method.handed_out}/acc"]
     return out
 
@@ -76,7 +80,7 @@ def _check_finite(step: int, stats: dict[str, float]) -> None:
 def _progress_line(step: int, total: int, stats: dict[str, float], accs: dict[str, float], rate: float) -> str:
     losses = "  ".join(f"{k} {v:.3f}" for k, v in stats.items() if k.endswith("/loss"))
     acc = "  ".join(f"{k.split('/')[1]} {100 * v:.1f}%" for k, v in accs.items() if k.count("/") == 2)
-    return f"step {step}/{total}  {losses}  | test acc: {acc}  | {rate:.0f} steps/s"
+    return f"step {step}/{total}  {losses}" + (f"  | test acc: {acc}" if acc else "") + f"  | {rate:.3g} steps/s"
 
 
 def train(
@@ -105,15 +109,23 @@ def train(
             tracker.scalars(done, stats, prefix="train/")
             tracker.scalars(done, method.lrs(), prefix="lr/")
             tracker.scalars(done, {"perf/steps_per_s": rate, "perf/images_per_s": images_per_s})
+        every = trainer_cfg.progress_interval
+        if trainer_cfg.progress and every and done % every == 0 and done % trainer_cfg.eval_interval and done != steps:
+            stats = {k: float(v) for k, v in raw.items()}
+            log.info(_progress_line(done, steps, stats, {}, done / (time.perf_counter() - start)))
         if done % trainer_cfg.eval_interval == 0 and done != steps:  # the last step's evaluation is below
             with autocast(device, amp):
                 accs = evaluate(method, data, device)
             _report_eval(tracker, trainer_cfg, done, stats, accs, start)
     train_seconds = time.perf_counter() - start
+    confusions: dict[str, torch.Tensor] = {}
     with autocast(device, amp):
-        metrics = evaluate(method, data, device, splits=tuple(data.eval_splits))
+        metrics = evaluate(method, data, device, splits=tuple(data.eval_splits), confusions=confusions)
     _report_eval(tracker, trainer_cfg, steps, stats, {k: v for k, v in metrics.items() if k.startswith("test/")}, start)
-    metrics.update({"steps": steps, "train_seconds": train_seconds})
+    handed_out = confusions[f"test/{method.handed_out}"]
+    per_class = handed_out.diag() / handed_out.sum(dim=1).clamp(min=1)
+    metrics.update({f"test/class_acc/{c}": float(a) for c, a in enumerate(per_class)})
+    metrics.update({"steps": steps, "train_seconds": train_seconds, "test/confusion": handed_out.tolist()})
     return metrics
 
 

@@ -57,6 +57,40 @@ def decision_boundaries(x, y, labeled, models: dict[str, torch.nn.Module]):
     return fig
 
 
+def confusion_figure(matrix, class_names=None):
+    """Row-normalised confusion matrix (true class by row) with the per-class accuracy on the diagonal."""
+    import numpy as np
+
+    counts = np.asarray(matrix, dtype=float)
+    rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    names = class_names or [str(i) for i in range(len(counts))]
+    fig, ax = plt.subplots(figsize=(1 + 0.55 * len(names), 0.8 + 0.5 * len(names)))
+    ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(names)):
+        for j in range(len(names)):
+            ax.text(j, i, f"{100 * rates[i, j]:.0f}", ha="center", va="center", fontsize=7,
+                    color="white" if rates[i, j] > 0.5 else "black")
+    ax.set(xticks=range(len(names)), yticks=range(len(names)), xlabel="predicted", ylabel="true",
+           title=f"test accuracy {100 * np.trace(counts) / counts.sum():.2f}% (row %)")
+    ax.set_xticklabels(names, rotation=45, ha="right")
+    ax.set_yticklabels(names)
+    fig.tight_layout()
+    return fig
+
+
+def image_grid(images, titles, columns: int = 8):
+    """Images (N, 3, H, W, values in [0, 1]) with a title each."""
+    rows = (len(images) + columns - 1) // columns
+    fig, axes = plt.subplots(rows, columns, figsize=(1.5 * columns, 1.7 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, title in zip(axes.flat, images, titles):
+        ax.imshow(image.permute(1, 2, 0).clamp(0, 1).numpy())
+        ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def save_png(fig, path: Path, dpi: int = 100) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)

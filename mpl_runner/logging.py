@@ -40,12 +40,13 @@ class Tracker:
     def figure(self, tag: str, fig, step: int) -> None:
         self.writer.add_figure(tag, fig, step, close=False)
 
-    def hparams(self, cfg: DictConfig, metrics: dict[str, float], step: int) -> None:
-        """The flattened config and final metrics as one HParams session of this run (not a sub-run:
-        ``SummaryWriter.add_hparams`` would write into a new directory, pytorch#32651)."""
-        for summary in hparams(flatten(cfg), metrics):
+    def hparams(self, cfg: DictConfig, metrics: dict, step: int) -> None:
+        """The flattened config and final scalar metrics (not per class) as one HParams session of this run
+        (not a sub-run: ``SummaryWriter.add_hparams`` would write into a new directory, pytorch#32651)."""
+        scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and "/class_acc/" not in k}
+        for summary in hparams(flatten(cfg), scalars):
             self.writer.file_writer.add_summary(summary)
-        self.scalars(step, metrics)
+        self.scalars(step, scalars)
 
     def close(self) -> None:
         self.writer.close()

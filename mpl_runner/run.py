@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import NoReturn
 
 import hydra
+import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
@@ -28,7 +29,7 @@ from mpl_runner.config import register_configs
 from mpl_runner.data import SSLData, build_dataset
 from mpl_runner.errors import UserError
 from mpl_runner.engine import resolve_amp, train
-from mpl_runner.figures import save_png
+from mpl_runner.figures import confusion_figure, save_png
 from mpl_runner.files import atomic_write_json
 from mpl_runner.logging import Tracker
 from mpl_runner.methods import Method, build_method
@@ -87,9 +88,13 @@ def execute(cfg: DictConfig, run_dir: Path) -> Trained:
     tracker = Tracker(run_dir)
     try:
         metrics = train(method, data, cfg.trainer, device, tracker, amp)
-        for stem, fig in (data.figures(method.eval_models()) if data.figures else {}).items():
+        figures = {"confusion_matrix": confusion_figure(metrics["test/confusion"], data.class_names)}
+        if data.figures:
+            figures.update(data.figures(method.eval_models()))
+        for stem, fig in figures.items():
             tracker.figure(stem, fig, cfg.trainer.steps)
             save_png(fig, run_dir / f"{stem}.png")
+            plt.close(fig)
         metrics["wall_seconds"] = time.perf_counter() - wall_start
         tracker.hparams(cfg, metrics, cfg.trainer.steps)
     except BaseException as err:

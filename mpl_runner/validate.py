@@ -77,6 +77,7 @@ def validate_trainer(cfg) -> None:
     for key in ("trainer.steps", "trainer.eval_interval", "trainer.log_interval"):
         positive(cfg, key)
     positive(cfg, "trainer.num_threads", optional=True)
+    positive(cfg, "trainer.progress_interval", optional=True)
     one_of(cfg, "trainer.amp", ("none", "bf16", "fp16", "auto"))
 
 

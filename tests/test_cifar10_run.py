@@ -28,6 +28,11 @@ def test_tiny_cifar_run_through_the_cli(tmp_path, extra):
     assert result.returncode == 0, result.stderr
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["status"] == "completed" and 0 <= metrics["test/acc"] <= 1
+    assert len(metrics["test/confusion"]) == 10 and sum(map(sum, metrics["test/confusion"])) == 20  # fake test set
+    assert all(f"test/class_acc/{c}" in metrics for c in range(10))
+    assert (run_dir / "confusion_matrix.png").exists()
+    if "method=supervised" not in extra:
+        assert (run_dir / "pseudo_labels.png").exists()
     if "method=mpl" in extra:
         assert metrics["handed_out"] == "student_ema"
         assert {"test/teacher/acc", "test/student/acc", "test/student_ema/acc"} <= set(metrics)

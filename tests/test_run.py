@@ -31,7 +31,7 @@ def test_tensorboard_has_losses_accuracies_lrs_figure_and_hparams(make_cfg, tmp_
                 "lr/teacher", "lr/student", "perf/steps_per_s", "test/acc"):
         assert tag in scalars, tag
     assert [e.step for e in events.Scalars("eval/student/acc")] == [10, 20, 30]
-    assert "decision_boundary" in events.Tags()["images"]
+    assert {"decision_boundary", "confusion_matrix"} <= set(events.Tags()["images"])
     plugins = events.PluginTagToContent("hparams")
     assert {"_hparams_/experiment", "_hparams_/session_start_info", "_hparams_/session_end_info"} <= set(plugins)
     assert b"method.name" in plugins["_hparams_/session_start_info"]

@@ -39,4 +39,5 @@ class SSLData:
     eval_splits: dict[str, Iterable[tuple[torch.Tensor, torch.Tensor]]]
     labeled_indices: list[int]
     figures: Callable[[dict[str, torch.nn.Module]], dict[str, Any]] | None = None
+    class_names: list[str] | None = None
     info: dict[str, Any] = field(default_factory=dict)

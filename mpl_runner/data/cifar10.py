@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pickle
 from collections.abc import Iterable, Iterator
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from torchvision.transforms import v2
 from mpl_runner.data.batch import Batch, SSLData
 from mpl_runner.data.splits import balanced_labeled_indices
 from mpl_runner.errors import ConfigError, DataError
+from mpl_runner.figures import image_grid
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 ARCHIVE_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -29,6 +31,7 @@ TEST_FILE = "test_batch"
 NUM_CLASSES = 10
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2470, 0.2435, 0.2616)
+CLASS_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
 # --- reading -------------------------------------------------------------------------------------------------
@@ -265,7 +268,8 @@ def build(cfg, device: torch.device) -> SSLData:
         ),
         eval_splits={"test": _loader(test_set, cfg.eval_batch_size, cfg, device, shuffle=False)},
         labeled_indices=labeled,
-        figures=None,
+        figures=partial(_pseudo_label_grid, unlabeled_set),
+        class_names=CLASS_NAMES,
         info={
             "train_images": len(train_y),
             "labeled_images": len(labeled_set),
@@ -273,3 +277,21 @@ def build(cfg, device: torch.device) -> SSLData:
             "test_images": len(test_y),
         },
     )
+
+
+@torch.no_grad()
+def _pseudo_label_grid(unlabeled_set: "UnlabeledImages", models: dict, count: int = 32) -> dict:
+    """Strong views of the first unlabeled images with the teacher's pseudo labels (when there is a teacher)."""
+    teacher = models.get("teacher")
+    if teacher is None:
+        return {}
+    strong = torch.stack([unlabeled_set[i][1] for i in range(min(count, len(unlabeled_set)))])
+    device = next(teacher.parameters()).device
+    was_training = teacher.training
+    teacher.eval()
+    probs = torch.softmax(teacher(strong.to(device)).float(), dim=1).cpu()
+    teacher.train(was_training)
+    confidence, labels = probs.max(dim=1)
+    images = strong * torch.tensor(STD).view(3, 1, 1) + torch.tensor(MEAN).view(3, 1, 1)
+    titles = [f"{CLASS_NAMES[c]} {100 * p:.0f}%" for c, p in zip(labels.tolist(), confidence.tolist())]
+    return {"pseudo_labels": image_grid(images, titles)}
