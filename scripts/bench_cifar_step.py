@@ -63,6 +63,26 @@ def seconds_per_step(method_name: str, amp: str, channels_last: bool, device, ba
     return seconds, images / seconds
 
 
+def profile_mpl_step(device, batch: int, mu: int, channels_last: bool) -> str:
+    """torch.profiler table of one fp32 MPL step (after a warm-up step), by operator, self time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.manual_seed(0)
+    fmt = torch.channels_last if channels_last else torch.preserve_format
+    model_cfg = OmegaConf.structured(WideResNetConfig())
+    method = build_method(method_config("mpl"), OmegaConf.structured(OptimConfig(lr=0.05)), 1000,
+                          lambda: build_model(model_cfg, (3, 32, 32), 10).to(device, memory_format=fmt))
+    x_u = torch.randn(mu * batch, 3, 32, 32)
+    data = Batch(torch.randn(batch, 3, 32, 32), torch.randint(10, (batch,)), x_u, x_u.flip(3)).to(
+        device, channels_last=channels_last)
+    method.train_step(data, 0)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        method.train_step(data, 1)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=15)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -71,7 +91,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--methods", nargs="*", default=["supervised", "mpl"])
     parser.add_argument("--out", type=Path, default=Path("docs/bench_cifar_step.json"))
+    parser.add_argument("--profile", action="store_true", help="print a profile of one MPL step and exit")
     args = parser.parse_args()
+    if args.profile:
+        print(profile_mpl_step(torch.device(args.device), args.batch, args.mu, channels_last=True))
+        return
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
