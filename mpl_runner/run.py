@@ -53,6 +53,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # seeds CUDA too
 
 
+def failure_record(err: BaseException) -> dict:
+    """What ``metrics.json`` holds for a run that did not finish."""
+    return {"status": "failed", "error": f"{type(err).__name__}: {err}"}
+
+
 @dataclass
 class Trained:
     record: dict  # what metrics.json holds
@@ -98,7 +103,7 @@ def execute(cfg: DictConfig, run_dir: Path) -> Trained:
         metrics["wall_seconds"] = time.perf_counter() - wall_start
         tracker.hparams(cfg, metrics, cfg.trainer.steps)
     except BaseException as err:
-        atomic_write_json(run_dir / "metrics.json", {"status": "failed", "error": f"{type(err).__name__}: {err}"})
+        atomic_write_json(run_dir / "metrics.json", failure_record(err))
         raise
     finally:
         tracker.close()
@@ -132,9 +137,14 @@ def hydra_main(cfg: DictConfig) -> float:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
         return run(cfg, run_dir)["test/acc"]
-    except UserError as err:
+    except Exception as err:
         if hydra_cfg.mode != RunMode.RUN:
-            raise  # a multirun records the failed job and goes on with the others
+            # A multirun goes on with the other jobs; this one is marked failed with its error.
+            if not (run_dir / "metrics.json").exists():
+                atomic_write_json(run_dir / "metrics.json", failure_record(err))
+            raise
+        if not isinstance(err, UserError):
+            raise
         # A single run stops here, before Hydra adds its own multi-line report; a config error leaves no run dir.
         discard_if_unused(run_dir)
         exit_with_error(str(err))
