@@ -111,11 +111,11 @@ def plot(rows: list[Row]):
     import matplotlib.pyplot as plt
 
     done = [r for r in rows if r.accs]
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(done) + 1), 3.5))
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(done) + 2), 4.5), layout="constrained")
     ax.bar(range(len(done)), [100 * r.mean for r in done], yerr=[100 * r.std for r in done], capsize=4)
-    ax.set_xticks(range(len(done)), [r.setting for r in done], rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel(f"{METRIC} (%), mean +- std over seeds")
-    fig.tight_layout()
+    labels = [r.setting if len(r.setting) <= 40 else r.setting[:39] + "…" for r in done]
+    ax.set_xticks(range(len(done)), labels, rotation=30, ha="right", fontsize=7)
+    ax.set_ylabel(f"{METRIC} (%), mean ± std over seeds")
     return fig
 
 
