@@ -139,6 +139,10 @@ class SweepReport(Callback):
     """Keep ``report.*`` in a multirun's sweep dir current: after every job (Hydra skips on_multirun_end when a
     job failed, and a half-finished sweep should have a report too) and when the multirun ends."""
 
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        # The sweep dir exists before any job, so a sweeper can keep files there (Optuna's SQLite storage).
+        Path(config.hydra.sweep.dir).mkdir(parents=True, exist_ok=True)
+
     def on_job_end(self, config: Any, job_return: Any = None, **kwargs: Any) -> None:
         if config.hydra.mode == RunMode.MULTIRUN:
             self.on_multirun_end(config)

@@ -45,3 +45,8 @@ def test_split_seed_follows_the_run_seed_unless_pinned(make_cfg):
 
 def test_paper_preset_uses_three_labels_per_class(make_cfg):
     assert make_cfg("experiment=two_moons_paper").dataset.num_labeled == 6
+
+
+@pytest.mark.parametrize("search", options("hparams_search"))
+def test_every_search_preset_composes_and_validates(make_cfg, search):
+    validate(make_cfg(f"hparams_search={search}"))

@@ -38,11 +38,13 @@ def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
 def test_optuna_search_maximises_test_acc(tmp_path):
     sweep = tmp_path / "sweep"
     result = mpl_run("hparams_search=two_moons_optuna", "hydra.sweeper.n_trials=3", *TINY,
-                     f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+                     "hydra.sweeper.storage=sqlite:///${hydra.sweep.dir}/optuna.db", f"hydra.sweep.dir={sweep}",
+                     cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     accs = [m["test/acc"] for m in completed_jobs(sweep).values()]
     assert len(accs) == 3 and best["best_value"] == max(accs)
+    assert (sweep / "optuna.db").stat().st_size > 0  # SQLite storage (optuna 2.x with SQLAlchemy < 2)
     assert set(best["best_params"]) == {"optim.lr", "dataset.strong_jitter", "method.uda.threshold",
                                         "method.uda.weight"}
 
