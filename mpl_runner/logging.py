@@ -42,9 +42,15 @@ class Tracker:
 
     def hparams(self, cfg: DictConfig, metrics: dict, step: int) -> None:
         """The flattened config and final scalar metrics (not per class) as one HParams session of this run
-        (not a sub-run: ``SummaryWriter.add_hparams`` would write into a new directory, pytorch#32651)."""
+        (not a sub-run: ``SummaryWriter.add_hparams`` would write into a new directory, pytorch#32651).
+
+        Only the session records are written, no experiment record: TensorBoard then derives the experiment from
+        all runs and lists first the hyperparameters whose values differ between them (a sweep's swept keys);
+        from a per-run experiment record it would list all 60-odd keys alphabetically.
+        """
         scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and "/class_acc/" not in k}
-        for summary in hparams(flatten(cfg), scalars):
+        _experiment, session_start, session_end = hparams(flatten(cfg), scalars)
+        for summary in (session_start, session_end):
             self.writer.file_writer.add_summary(summary)
         self.scalars(step, scalars)
 

@@ -64,8 +64,9 @@ def test_tensorboard_shows_each_job_with_scalars_figures_and_hparams(sweep):
         assert all({"decision_boundary", "confusion_matrix"} <= set(images[run]) for run in ("0", "1"))
 
         experiment = fetch(f"{base}/plugin/hparams/experiment", {"experimentName": ""})
-        hparam_names = {h["name"] for h in experiment["hparamInfos"]}
-        assert {"method.name", "seed", "optim.lr"} <= hparam_names
+        hparam_names = [h["name"] for h in experiment["hparamInfos"]]
+        assert {"method.name", "seed", "optim.lr"} <= set(hparam_names)
+        assert hparam_names[0] == "method.name"  # the swept key leads, so the table shows it
         assert {m["name"]["tag"] for m in experiment["metricInfos"]} >= {"test/acc", "all/acc"}
         groups = fetch(f"{base}/plugin/hparams/session_groups", {
             "experimentName": "", "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS"],
