@@ -144,3 +144,13 @@ def test_finetuning_trains_the_student_alone_on_labels():
     assert set(stats) == {"student/loss_finetune"}
     assert all(torch.equal(teacher[k], v) for k, v in method.teacher.state_dict().items())
     assert not all(torch.equal(student[k], v) for k, v in method.student.state_dict().items())
+
+
+def test_old_and_new_see_the_same_dropout_masks():
+    """With dropout, h must measure the student's step, not two different dropout draws: at lr 0, h is 0."""
+    torch.manual_seed(0)
+    cfg = OmegaConf.structured(MPLConfig(uda=UDAConfig(weight=0.0)))
+    optim = OmegaConf.structured(OptimConfig(lr=1e-12, momentum=0.0, nesterov=False))
+    method = MPL(cfg, optim, total_steps=10, make_model=lambda: MLP(2, 3, [64, 64], "tanh", dropout=0.5).double())
+    for step in range(3):
+        assert abs(float(method.train_step(make_batch(step + 1), step)["mpl/h"])) < 1e-9

@@ -43,6 +43,17 @@ def frozen_batchnorm_stats(model: nn.Module):
             m.momentum = momentum
 
 
+def rng_snapshot(device: torch.device):
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+
+
+def restore_rng(state, device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state, device)
+    else:
+        torch.set_rng_state(state)
+
+
 class MPL(Method):
     def __init__(self, cfg, optim_cfg, total_steps: int, make_model):
         super().__init__(optim_cfg, total_steps)
@@ -91,26 +102,28 @@ class MPL(Method):
     def _first_order_feedback(self, batch, t_logits_us):
         # 3-4. Pseudo labels on the view the student sees; the student learns them (one optimizer step).
         pseudo = self.pseudo_labels(t_logits_us.detach())
-        old = self.student_labeled_loss(batch)
+        rng = rng_snapshot(batch.x_l.device)
+        old = self.student_labeled_loss(batch, rng)
         loss_student = F.cross_entropy(self.student(batch.x_us), pseudo, label_smoothing=self.cfg.label_smoothing)
         self.update("student", loss_student)
         self._update_ema()
-        # 5-6. The updated student's labeled loss; the feedback coefficient.
-        new = self.student_labeled_loss(batch)
+        # 5-6. The updated student's labeled loss (same dropout masks as for old); the feedback coefficient.
+        new = self.student_labeled_loss(batch, rng)
         h = self.feedback(old, new)
         # Not CE(stop_grad(softmax(z)), z), whose gradient in z is 0: the target is the sampled/argmax label.
         loss_mpl = h * F.cross_entropy(t_logits_us, pseudo)
         return loss_mpl, {"student/loss": loss_student.detach(), "mpl/h": h, "mpl/baseline": self.baseline.clone()}
 
     def _exact_feedback(self, batch, t_logits_us):
-        old = self.student_labeled_loss(batch)
+        rng = rng_snapshot(batch.x_l.device)
+        old = self.student_labeled_loss(batch, rng)
         meta_loss, student_grads, loss_student = self.lookahead_labeled_loss(batch, t_logits_us)
         # The student takes the step the teacher just differentiated through (exactly so with plain SGD).
         for param, grad in zip(self.student.parameters(), student_grads):
             param.grad = grad
         self.step_optimizer("student")
         self._update_ema()
-        new = self.student_labeled_loss(batch)
+        new = self.student_labeled_loss(batch, rng)
         return meta_loss, {"student/loss": loss_student.detach(), "mpl/h": old - new}
 
     def _finetune_step(self, batch):
@@ -130,10 +143,19 @@ class MPL(Method):
         return logits.argmax(dim=-1)
 
     @torch.no_grad()
-    def student_labeled_loss(self, batch) -> torch.Tensor:
-        """CE(S(x_l), y_l) in train mode (as the student is trained), leaving BN running stats untouched."""
-        with frozen_batchnorm_stats(self.student):
-            return F.cross_entropy(self.student(batch.x_l), batch.y_l)
+    def student_labeled_loss(self, batch, rng_state=None) -> torch.Tensor:
+        """CE(S(x_l), y_l) in train mode (as the student is trained), leaving BN running stats untouched.
+
+        With ``rng_state`` (from :func:`rng_snapshot`), dropout draws the same masks as in the forward that took
+        the snapshot, so ``old - new`` measures the student's step and not two different dropout draws. The global
+        RNG is left as it was either way.
+        """
+        device = batch.x_l.device
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], device_type=device.type):
+            if rng_state is not None:
+                restore_rng(rng_state, device)
+            with frozen_batchnorm_stats(self.student):
+                return F.cross_entropy(self.student(batch.x_l), batch.y_l)
 
     def feedback(self, old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
         """h = old - new (or new - old, the official code's sign), minus a moving-average baseline if set."""
