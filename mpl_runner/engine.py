@@ -13,6 +13,7 @@ from mpl_runner.data import SSLData
 from mpl_runner.errors import UserError
 from mpl_runner.logging import Tracker
 from mpl_runner.methods import Method
+from mpl_runner.models import eval_mode
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +46,11 @@ class NonFiniteLoss(UserError):
 @torch.no_grad()
 def confusion_matrix(model: torch.nn.Module, batches, device: torch.device, num_classes: int) -> torch.Tensor:
     """Counts [true class, predicted class] in eval mode (the model's mode is restored afterwards)."""
-    was_training = model.training
-    model.eval()
     counts = torch.zeros(num_classes * num_classes, dtype=torch.long, device=device)
-    for x, y in batches:
-        pred = model(x.to(device, non_blocking=True)).argmax(dim=1)
-        counts += torch.bincount(y.to(device) * num_classes + pred, minlength=num_classes * num_classes)
-    model.train(was_training)
+    with eval_mode(model):
+        for x, y in batches:
+            pred = model(x.to(device, non_blocking=True)).argmax(dim=1)
+            counts += torch.bincount(y.to(device) * num_classes + pred, minlength=num_classes * num_classes)
     return counts.reshape(num_classes, num_classes).cpu()
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import matplotlib
 
 from mpl_runner.files import atomic_write_bytes
+from mpl_runner.models import eval_mode
 
 matplotlib.use("Agg")
 
@@ -24,10 +25,8 @@ def predict_grid(model: torch.nn.Module, xlim, ylim, resolution: int = 200):
     xs, ys = torch.linspace(*xlim, resolution), torch.linspace(*ylim, resolution)
     xx, yy = torch.meshgrid(xs, ys, indexing="xy")
     grid = torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=1).to(device)
-    was_training = model.training
-    model.eval()
-    classes = model(grid).argmax(dim=1).reshape(xx.shape).cpu()
-    model.train(was_training)
+    with eval_mode(model):
+        classes = model(grid).argmax(dim=1).reshape(xx.shape).cpu()
     return xx, yy, classes
 
 
@@ -92,6 +91,8 @@ def image_grid(images, titles, columns: int = 8):
 
 
 def save_png(fig, path: Path, dpi: int = 100) -> None:
+    """Write ``fig`` atomically as a PNG and close it (pyplot keeps every open figure alive)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
     atomic_write_bytes(path, buf.getvalue())
+    plt.close(fig)

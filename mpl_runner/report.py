@@ -105,10 +105,7 @@ def csv_text(rows: list[Row]) -> str:
 
 
 def plot(rows: list[Row]):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after mpl_runner.figures (imported by write_report) chose the Agg backend
 
     done = [r for r in rows if r.accs]
     fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(done) + 2), 4.5), layout="constrained")
@@ -125,13 +122,9 @@ def write_report(sweep_dir: Path) -> tuple[list[Row], dict[str, str]]:
     atomic_write_bytes(sweep_dir / "report.md", markdown(rows, common, sweep_dir).encode())
     atomic_write_bytes(sweep_dir / "report.csv", csv_text(rows).encode())
     if any(r.accs for r in rows):
-        fig = plot(rows)
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=100)
-        atomic_write_bytes(sweep_dir / "report.png", buf.getvalue())
-        import matplotlib.pyplot as plt
+        from mpl_runner.figures import save_png  # matplotlib only when there is something to plot
 
-        plt.close(fig)
+        save_png(plot(rows), sweep_dir / "report.png")
     return rows, common
 
 

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import NoReturn
 
 import hydra
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
@@ -99,7 +98,6 @@ def execute(cfg: DictConfig, run_dir: Path) -> Trained:
         for stem, fig in figures.items():
             tracker.figure(stem, fig, cfg.trainer.steps)
             save_png(fig, run_dir / f"{stem}.png")
-            plt.close(fig)
         metrics["wall_seconds"] = time.perf_counter() - wall_start
         tracker.hparams(cfg, metrics, cfg.trainer.steps)
     except BaseException as err:

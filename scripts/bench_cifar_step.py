@@ -35,7 +35,8 @@ def method_config(name: str):
     return OmegaConf.structured(MPLConfig(uda=UDAConfig(weight=8.0, temperature=0.7, threshold=0.6)))
 
 
-def seconds_per_step(method_name: str, amp: str, channels_last: bool, device, batch: int, mu: int, steps: int):
+def setup(method_name: str, channels_last: bool, device, batch: int, mu: int):
+    """A WRN-28-2 method and one batch of random images (B labeled, mu * B unlabeled), both on ``device``."""
     torch.manual_seed(0)
     fmt = torch.channels_last if channels_last else torch.preserve_format
     model_cfg = OmegaConf.structured(WideResNetConfig())
@@ -48,6 +49,11 @@ def seconds_per_step(method_name: str, amp: str, channels_last: bool, device, ba
     data = Batch(torch.randn(batch, 3, 32, 32), torch.randint(10, (batch,)), x_u, x_u.flip(3)).to(
         device, channels_last=channels_last
     )
+    return method, data
+
+
+def seconds_per_step(method_name: str, amp: str, channels_last: bool, device, batch: int, mu: int, steps: int):
+    method, data = setup(method_name, channels_last, device, batch, mu)
     images = batch if method_name == "supervised" else batch + 2 * mu * batch
     times = []
     for step in range(steps + 2):  # two warm-up steps
@@ -67,14 +73,7 @@ def profile_mpl_step(device, batch: int, mu: int, channels_last: bool) -> str:
     """torch.profiler table of one fp32 MPL step (after a warm-up step), by operator, self time."""
     from torch.profiler import ProfilerActivity, profile
 
-    torch.manual_seed(0)
-    fmt = torch.channels_last if channels_last else torch.preserve_format
-    model_cfg = OmegaConf.structured(WideResNetConfig())
-    method = build_method(method_config("mpl"), OmegaConf.structured(OptimConfig(lr=0.05)), 1000,
-                          lambda: build_model(model_cfg, (3, 32, 32), 10).to(device, memory_format=fmt))
-    x_u = torch.randn(mu * batch, 3, 32, 32)
-    data = Batch(torch.randn(batch, 3, 32, 32), torch.randint(10, (batch,)), x_u, x_u.flip(3)).to(
-        device, channels_last=channels_last)
+    method, data = setup("mpl", channels_last, device, batch, mu)
     method.train_step(data, 0)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:

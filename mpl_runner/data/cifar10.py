@@ -22,6 +22,7 @@ from mpl_runner.data.batch import Batch, SSLData
 from mpl_runner.data.splits import balanced_labeled_indices
 from mpl_runner.errors import ConfigError, DataError
 from mpl_runner.figures import image_grid
+from mpl_runner.models import eval_mode
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 ARCHIVE_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -287,10 +288,8 @@ def _pseudo_label_grid(unlabeled_set: "UnlabeledImages", models: dict, count: in
         return {}
     strong = torch.stack([unlabeled_set[i][1] for i in range(min(count, len(unlabeled_set)))])
     device = next(teacher.parameters()).device
-    was_training = teacher.training
-    teacher.eval()
-    probs = torch.softmax(teacher(strong.to(device)).float(), dim=1).cpu()
-    teacher.train(was_training)
+    with eval_mode(teacher):
+        probs = torch.softmax(teacher(strong.to(device)).float(), dim=1).cpu()
     confidence, labels = probs.max(dim=1)
     images = strong * torch.tensor(STD).view(3, 1, 1) + torch.tensor(MEAN).view(3, 1, 1)
     titles = [f"{CLASS_NAMES[c]} {100 * p:.0f}%" for c, p in zip(labels.tolist(), confidence.tolist())]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from torch import nn
 
@@ -18,6 +20,17 @@ def build_model(cfg, input_shape: tuple[int, ...], num_classes: int) -> nn.Modul
             num_classes, cfg.depth, cfg.widen_factor, cfg.dropout, cfg.bn_momentum, cfg.leaky_relu_slope
         )
     raise ValueError(f"unknown model {cfg.name!r}")  # validate() rejects this before a run starts
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode for the block; its previous mode (train or eval) is restored afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 def count_parameters(model: nn.Module) -> int:
