@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, SI
+from omegaconf import MISSING, SI, OmegaConf
 
 
 @dataclass
@@ -130,6 +130,10 @@ class TrainerConfig:
     channels_last: bool = False  # NHWC memory layout for image models and batches
     progress: bool = True  # one console line per evaluation
     progress_interval: Optional[int] = None  # also a line (losses, speed) every N steps; None: evaluations only
+    checkpoint_interval: Optional[int] = 100  # checkpoints/last.pt every N steps (None: only at the end), and on SIGTERM
+    resume: Optional[str] = None  # a run dir: go on from its checkpoint, in that dir
+    auto_resume: bool = True  # a run dir that already holds a checkpoint (a requeued job) goes on from it
+    skip_nonfinite: bool = False  # drop (and count) updates whose loss or gradient is not finite, instead of stopping
 
 
 @dataclass
@@ -154,6 +158,8 @@ SCHEMAS: dict[str, dict[str, type]] = {
 
 def register_configs() -> None:
     """Store every schema as ``<group>/schema_<name>`` (what the YAML defaults lists extend) and the root."""
+    # ${mpl.if_null:a,b,c}: b if a is null, else c (config.yaml: where a resumed run writes)
+    OmegaConf.register_new_resolver("mpl.if_null", lambda a, b, c: b if a is None else c, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="schema_config", node=Config)
     for group, schemas in SCHEMAS.items():

@@ -1,4 +1,4 @@
-"""The method-agnostic training loop: step, log, evaluate; then the final evaluation."""
+"""The method-agnostic training loop: step, checkpoint, log, evaluate; then the final evaluation."""
 
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ import contextlib
 import logging
 import math
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -14,6 +17,7 @@ from mpl_runner.errors import UserError
 from mpl_runner.logging import Tracker
 from mpl_runner.methods import Method
 from mpl_runner.models import eval_mode
+from mpl_runner.signals import Interrupted, StopSignals
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +43,29 @@ def autocast(device: torch.device, amp: str):
 
 
 class NonFiniteLoss(UserError):
-    def __init__(self, step: int, name: str, value: float):
-        super().__init__(f"step {step}: train/{name} is {value}; lower optim.lr or enable optim.grad_clip")
+    def __init__(self, step: int, first: int, bad: dict[str, float]):
+        named = ", ".join(f"train/{k} = {v}" for k, v in bad.items()) or "a training loss was not finite"
+        since = f" (first non-finite at step {first})" if first != step else ""
+        super().__init__(
+            f"step {step}: {named}{since}; lower optim.lr, set optim.grad_clip, or trainer.skip_nonfinite=true"
+        )
+
+
+class NonFiniteWatch:
+    """Remembers the first step whose losses were not all finite, on the device: no synchronisation per step."""
+
+    def __init__(self, device: torch.device):
+        self.first = torch.full((), -1, dtype=torch.long, device=device)
+
+    def observe(self, step: int, raw: dict[str, torch.Tensor]) -> None:
+        finite = torch.stack([torch.isfinite(v).all() for v in raw.values()]).all()
+        self.first = torch.where(finite | (self.first >= 0), self.first, step)
+
+    def check(self, step: int, stats: dict[str, float]) -> None:
+        """Raise :class:`NonFiniteLoss` if any step so far had a non-finite loss (reads the device)."""
+        first = int(self.first)
+        if first >= 0:
+            raise NonFiniteLoss(step, first, {k: v for k, v in stats.items() if not math.isfinite(v)})
 
 
 @torch.no_grad()
@@ -70,65 +95,123 @@ def evaluate(
     return out
 
 
-def _check_finite(step: int, stats: dict[str, float]) -> None:
-    for name, value in stats.items():
-        if not math.isfinite(value):
-            raise NonFiniteLoss(step, name, value)
-
-
 def _progress_line(step: int, total: int, stats: dict[str, float], accs: dict[str, float], rate: float) -> str:
     losses = "  ".join(f"{k} {v:.3f}" for k, v in stats.items() if k.endswith("/loss"))
     acc = "  ".join(f"{k.split('/')[1]} {100 * v:.1f}%" for k, v in accs.items() if k.count("/") == 2)
     return f"step {step}/{total}  {losses}" + (f"  | test acc: {acc}" if acc else "") + f"  | {rate:.3g} steps/s"
 
 
+@dataclass
+class Start:
+    """Where the loop begins: step 0, or the step a checkpoint was taken after, with the loop's own state then."""
+
+    step: int = 0
+    train_seconds: float = 0.0  # spent training before this start
+    stats: dict[str, float] = field(default_factory=dict)  # the losses of step ``step``
+
+
+#: ``save(step, loop_state)`` writes a checkpoint taken after ``step`` steps.
+Save = Callable[[int, dict[str, Any]], None]
+
+
 def train(
-    method: Method, data: SSLData, trainer_cfg, device: torch.device, tracker: Tracker, amp: str = "none"
+    method: Method, data: SSLData, trainer_cfg, device: torch.device, tracker: Tracker, amp: str = "none",
+    save: Save | None = None, start: Start | None = None,
 ) -> dict[str, float]:
-    """Run ``trainer_cfg.steps`` steps with autocast ``amp`` (resolved: none | bf16 | fp16); returns the final
-    metrics (every split, every model)."""
-    steps = trainer_cfg.steps
-    start = time.perf_counter()
-    window_start, window_step, window_images = start, 0, 0
-    stats: dict[str, float] = {}
-    for step in range(steps):
-        batch = next(data.train_batches).to(device, non_blocking=True, channels_last=trainer_cfg.channels_last)
-        with autocast(device, amp):
-            raw = method.train_step(batch, step)
-        window_images += len(batch.x_l) + len(batch.x_uw) + len(batch.x_us)
-        done = step + 1
-        # Reading the scalars synchronises with the device, so it happens only every log_interval steps.
-        if done % trainer_cfg.log_interval == 0 or done == steps:
-            stats = {k: float(v) for k, v in raw.items()}
-            _check_finite(done, stats)
-            now = time.perf_counter()
-            rate = (done - window_step) / (now - window_start)
-            images_per_s = window_images / (now - window_start)
-            window_start, window_step, window_images = now, done, 0
-            tracker.scalars(done, stats, prefix="train/")
-            tracker.scalars(done, method.lrs(), prefix="lr/")
-            tracker.scalars(done, {"perf/steps_per_s": rate, "perf/images_per_s": images_per_s})
-        every = trainer_cfg.progress_interval
-        if trainer_cfg.progress and every and done % every == 0 and done % trainer_cfg.eval_interval and done != steps:
-            stats = {k: float(v) for k, v in raw.items()}
-            log.info(_progress_line(done, steps, stats, {}, done / (time.perf_counter() - start)))
-        if done % trainer_cfg.eval_interval == 0 and done != steps:  # the last step's evaluation is below
+    """Run steps ``start.step + 1 .. trainer_cfg.steps`` with autocast ``amp`` (resolved: none | bf16 | fp16);
+    returns the final metrics (every split, every model).
+
+    A checkpoint is taken every ``checkpoint_interval`` steps, at the end, and when SIGTERM or Ctrl-C arrives
+    (which then raises :class:`Interrupted`). It is taken right after the step and before that step's logging
+    and evaluation, so a resumed run redoes those, and TensorBoard, told to drop what an earlier attempt logged
+    from that step on, ends up with every step once.
+    """
+    start = start or Start()
+    steps, interval = trainer_cfg.steps, trainer_cfg.checkpoint_interval
+    log_ = _StepLog(method, data, trainer_cfg, device, tracker, amp, start)
+    watch = NonFiniteWatch(device)
+    stats = dict(start.stats)
+    batches = data.train_batches(start.step)
+    with StopSignals() as stop:
+        if start.step:
+            log_.after_step(start.step, stats)
+        for step in range(start.step, steps):
+            batch = next(batches).to(device, non_blocking=True, channels_last=trainer_cfg.channels_last)
             with autocast(device, amp):
-                accs = evaluate(method, data, device)
-            _report_eval(tracker, trainer_cfg, done, stats, accs, start)
-    train_seconds = time.perf_counter() - start
+                raw = method.train_step(batch, step)
+            done = step + 1
+            watch.observe(done, raw)
+            log_.count(batch)
+            checkpoint_due = save is not None and (done == steps or stop.received or (interval and done % interval == 0))
+            if checkpoint_due or log_.due(done):
+                # Reading the losses synchronises with the device, so it happens only when they are needed.
+                stats = {k: float(v) for k, v in raw.items()}
+                watch.check(done, stats)  # never a checkpoint of a diverged run
+            if checkpoint_due:
+                save(done, {"train_seconds": log_.train_seconds(), "stats": stats})
+            if stop.received:
+                raise Interrupted(done, stop.received)
+            log_.after_step(done, stats)
+    train_seconds = log_.train_seconds()
     confusions: dict[str, torch.Tensor] = {}
     with autocast(device, amp):
         metrics = evaluate(method, data, device, splits=tuple(data.eval_splits), confusions=confusions)
-    _report_eval(tracker, trainer_cfg, steps, stats, {k: v for k, v in metrics.items() if k.startswith("test/")}, start)
+    log_.evaluation(steps, stats, {k: v for k, v in metrics.items() if k.startswith("test/")})
     handed_out = confusions[f"test/{method.handed_out}"]
     per_class = handed_out.diag() / handed_out.sum(dim=1).clamp(min=1)
     metrics.update({f"test/class_acc/{c}": float(a) for c, a in enumerate(per_class)})
+    if method.skip_nonfinite:
+        metrics.update({f"skipped/{name}": n for name, n in method.skipped.items()})
     metrics.update({"steps": steps, "train_seconds": train_seconds, "test/confusion": handed_out.tolist()})
     return metrics
 
 
-def _report_eval(tracker: Tracker, trainer_cfg, step: int, stats, accs: dict[str, float], start: float) -> None:
-    tracker.scalars(step, {f"eval/{k.split('/', 1)[1]}": v for k, v in accs.items() if k.count("/") == 2})
-    if trainer_cfg.progress:
-        log.info(_progress_line(step, trainer_cfg.steps, stats, accs, step / (time.perf_counter() - start)))
+class _StepLog:
+    """What happens after a step: scalars every ``log_interval``, a console line, an evaluation."""
+
+    def __init__(self, method, data, trainer_cfg, device, tracker, amp, start: Start):
+        self.method, self.data, self.cfg, self.device, self.tracker, self.amp = (
+            method, data, trainer_cfg, device, tracker, amp)
+        self.started, self.start_step, self.seconds_before = time.perf_counter(), start.step, start.train_seconds
+        self.window_start, self.window_step, self.window_images = self.started, start.step, 0
+
+    def train_seconds(self) -> float:
+        return self.seconds_before + time.perf_counter() - self.started
+
+    def rate(self, step: int) -> float:
+        return (step - self.start_step) / max(time.perf_counter() - self.started, 1e-9)
+
+    def count(self, batch) -> None:
+        self.window_images += len(batch.x_l) + len(batch.x_uw) + len(batch.x_us)
+
+    def due(self, step: int) -> bool:
+        every = self.cfg.progress_interval if self.cfg.progress else None
+        return step % self.cfg.log_interval == 0 or step == self.cfg.steps or bool(every and step % every == 0)
+
+    def after_step(self, step: int, stats: dict[str, float]) -> None:
+        cfg, tracker = self.cfg, self.tracker
+        if step % cfg.log_interval == 0 or step == cfg.steps:
+            tracker.scalars(step, stats, prefix="train/")
+            tracker.scalars(step, self.method.lrs(), prefix="lr/")
+            if self.method.skip_nonfinite:
+                tracker.scalars(step, self.method.skipped, prefix="train/skipped/")
+            now = time.perf_counter()
+            if step > self.window_step:  # (none right after a resume)
+                seconds = now - self.window_start
+                tracker.scalars(step, {"perf/steps_per_s": (step - self.window_step) / seconds,
+                                       "perf/images_per_s": self.window_images / seconds})
+            self.window_start, self.window_step, self.window_images = now, step, 0
+        if step == cfg.steps:
+            return  # the final evaluation follows the loop
+        every = cfg.progress_interval
+        if cfg.progress and every and step % every == 0 and step % cfg.eval_interval:
+            log.info(_progress_line(step, cfg.steps, stats, {}, self.rate(step)))
+        if step % cfg.eval_interval == 0:
+            with autocast(self.device, self.amp):
+                accs = evaluate(self.method, self.data, self.device)
+            self.evaluation(step, stats, accs)
+
+    def evaluation(self, step: int, stats, accs: dict[str, float]) -> None:
+        self.tracker.scalars(step, {f"eval/{k.split('/', 1)[1]}": v for k, v in accs.items() if k.count("/") == 2})
+        if self.cfg.progress:
+            log.info(_progress_line(step, self.cfg.steps, stats, accs, self.rate(step)))

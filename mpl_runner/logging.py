@@ -30,8 +30,13 @@ def flatten(cfg: DictConfig) -> dict[str, Any]:
 
 
 class Tracker:
-    def __init__(self, run_dir: Path):
-        self.writer = SummaryWriter(log_dir=str(run_dir))
+    def __init__(self, run_dir: Path, purge_step: int | None = None):
+        """``purge_step``: TensorBoard hides what earlier files of this run logged at that step or later (a
+        resumed run logs those steps again)."""
+        self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
+
+    def flush(self) -> None:
+        self.writer.flush()
 
     def scalars(self, step: int, values: dict[str, float], prefix: str = "") -> None:
         for tag, value in values.items():

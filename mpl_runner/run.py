@@ -6,9 +6,11 @@ Reading order for a newcomer: :func:`run` here, then :func:`mpl_runner.engine.tr
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
+import shlex
 import shutil
 import sys
 import time
@@ -23,16 +25,18 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from mpl_runner import checkpoint
 from mpl_runner.cli_errors import one_line_error
 from mpl_runner.config import register_configs
 from mpl_runner.data import SSLData, build_dataset
-from mpl_runner.errors import UserError
-from mpl_runner.engine import resolve_amp, train
+from mpl_runner.engine import Start, resolve_amp, train
+from mpl_runner.errors import ConfigError, UserError
 from mpl_runner.figures import confusion_figure, save_png
 from mpl_runner.files import atomic_write_json
 from mpl_runner.logging import Tracker
 from mpl_runner.methods import Method, build_method
 from mpl_runner.models import build_model, count_parameters
+from mpl_runner.signals import Interrupted
 from mpl_runner.validate import validate
 
 log = logging.getLogger("mpl_runner")
@@ -52,9 +56,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # seeds CUDA too
 
 
-def failure_record(err: BaseException) -> dict:
+def failure_record(err: BaseException, checkpoint_step: int | None = None) -> dict:
     """What ``metrics.json`` holds for a run that did not finish."""
-    return {"status": "failed", "error": f"{type(err).__name__}: {err}"}
+    record = {"status": "failed", "error": f"{type(err).__name__}: {err}"}
+    if isinstance(err, Interrupted):
+        record = {"status": "interrupted", "signal": err.signum.name}
+    if checkpoint_step is not None:
+        record["checkpoint_step"] = checkpoint_step
+    return record
 
 
 @dataclass
@@ -64,18 +73,44 @@ class Trained:
     data: SSLData
 
 
+def _resume_state(cfg: DictConfig, run_dir: Path, device: torch.device) -> dict | None:
+    """The checkpoint this run goes on from: asked for with trainer.resume, or found in a reused run dir."""
+    path = run_dir / checkpoint.RELATIVE_PATH
+    if cfg.trainer.resume is not None:
+        if Path(cfg.trainer.resume).resolve() != run_dir.resolve():
+            raise ConfigError("trainer.resume", cfg.trainer.resume, f"the run dir ({run_dir}); leave hydra.run.dir unset")
+        if not path.is_file():
+            raise checkpoint.CheckpointError(f"trainer.resume={cfg.trainer.resume}: there is no {path}")
+    elif not (cfg.trainer.auto_resume and path.is_file()):
+        return None
+    state = checkpoint.load(path, device)
+    checkpoint.check_config(state, cfg, path)
+    return state
+
+
+def _finished_record(run_dir: Path, state: dict | None, steps: int) -> dict | None:
+    """The record of a run that already completed in ``run_dir`` (a requeued job that had finished)."""
+    if state is None or state["step"] != steps:
+        return None
+    try:
+        record = json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return record if record.get("status") == "completed" else None
+
+
 def execute(cfg: DictConfig, run_dir: Path) -> Trained:
-    """Train one configuration; write ``metrics.json``, figures and TensorBoard files into ``run_dir``."""
+    """Train one configuration (or go on from the run dir's checkpoint); write ``metrics.json``, checkpoints,
+    figures and TensorBoard files into ``run_dir``. Every check that can fail runs before anything is written."""
     validate(cfg)
     wall_start = time.perf_counter()
     device = resolve_device(cfg.device)
     if cfg.trainer.num_threads is not None:
         torch.set_num_threads(cfg.trainer.num_threads)
+    state = _resume_state(cfg, run_dir, device)
     seed_everything(cfg.seed)
 
     data = build_dataset(cfg.dataset, device)
-    atomic_write_json(run_dir / "labeled_indices.json", data.labeled_indices)
-
     memory_format = torch.channels_last if cfg.trainer.channels_last else torch.preserve_format
 
     def make_model():
@@ -85,13 +120,33 @@ def execute(cfg: DictConfig, run_dir: Path) -> Trained:
     amp = resolve_amp(cfg.trainer.amp, device)
     if amp == "fp16":
         method.enable_grad_scaling(device)
+    method.skip_nonfinite = cfg.trainer.skip_nonfinite
+    start = Start()
+    checkpoint_path = run_dir / checkpoint.RELATIVE_PATH
+    if state is not None:
+        checkpoint.restore(state, method, checkpoint_path)
+        start = Start(state["step"], **state["loop"])
+        finished = _finished_record(run_dir, state, cfg.trainer.steps)
+        if finished is not None:
+            log.info(f"{run_dir} already finished (test/acc {100 * finished['test/acc']:.2f}%); nothing to do")
+            return Trained(finished, method, data)
+        log.info(f"resuming {run_dir} after step {start.step} of {cfg.trainer.steps}")
+
+    atomic_write_json(run_dir / "labeled_indices.json", data.labeled_indices)
     sizes = ", ".join(f"{k} {count_parameters(m):,}" for k, m in method.models.items())
     log.info(f"{cfg.method.name} on {cfg.dataset.name} ({len(data.labeled_indices)} labeled), {device}; "
              f"precision {amp}; parameters: {sizes}; run dir {run_dir}")
 
-    tracker = Tracker(run_dir)
+    saved = [start.step if state is not None else None]
+
+    def save(step: int, loop: dict) -> None:
+        checkpoint.save(checkpoint_path, step, cfg, method, loop)
+        saved[0] = step
+
+    # Events an earlier attempt logged after the checkpoint's step are dropped (TensorBoard's purge_step).
+    tracker = Tracker(run_dir, purge_step=start.step if state is not None else None)
     try:
-        metrics = train(method, data, cfg.trainer, device, tracker, amp)
+        metrics = train(method, data, cfg.trainer, device, tracker, amp, save=save, start=start)
         figures = {"confusion_matrix": confusion_figure(metrics["test/confusion"], data.class_names)}
         if data.figures:
             figures.update(data.figures(method.eval_models()))
@@ -101,7 +156,7 @@ def execute(cfg: DictConfig, run_dir: Path) -> Trained:
         metrics["wall_seconds"] = time.perf_counter() - wall_start
         tracker.hparams(cfg, metrics, cfg.trainer.steps)
     except BaseException as err:
-        atomic_write_json(run_dir / "metrics.json", failure_record(err))
+        atomic_write_json(run_dir / "metrics.json", failure_record(err, saved[0]))
         raise
     finally:
         tracker.close()
@@ -118,10 +173,29 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
 
 
 def discard_if_unused(run_dir: Path) -> None:
-    """Remove a run dir that holds nothing but what Hydra wrote when it started the job."""
-    hydra_files = {".hydra", f"{HydraConfig.get().job.name}.log"}
-    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= hydra_files:
+    """After a user error: remove the config record Hydra wrote for this job and, if nothing but its log is left,
+    the run dir (a resume that failed leaves the resumed run as it was)."""
+    hydra_cfg = HydraConfig.get()
+    shutil.rmtree(run_dir / hydra_cfg.output_subdir, ignore_errors=True)
+    record_dir = run_dir / ".hydra"
+    if record_dir.is_dir() and not any(record_dir.iterdir()):
+        record_dir.rmdir()
+    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {f"{hydra_cfg.job.name}.log"}:
         shutil.rmtree(run_dir)
+
+
+def _stat(path: Path) -> tuple[int, int] | None:
+    return (path.stat().st_mtime_ns, path.stat().st_size) if path.exists() else None
+
+
+def resume_hint(run_dir: Path, mode: RunMode) -> str:
+    """The command that goes on from ``run_dir``'s checkpoint."""
+    hydra_cfg = HydraConfig.get()
+    overrides = [o for o in hydra_cfg.overrides.task if not o.startswith("trainer.resume=")]
+    command = shlex.join(["mpl-run", *overrides, f"trainer.resume={run_dir}"])
+    if mode == RunMode.MULTIRUN:
+        return f"{command} (this job alone), or rerun the sweep with hydra.sweep.dir={hydra_cfg.sweep.dir}"
+    return command
 
 
 def exit_with_error(message: str) -> NoReturn:
@@ -133,8 +207,19 @@ def exit_with_error(message: str) -> NoReturn:
 def hydra_main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
+    before = _stat(run_dir / "metrics.json")
     try:
+        if hydra_cfg.mode == RunMode.MULTIRUN and cfg.trainer.resume is not None:
+            raise ConfigError(
+                "trainer.resume", cfg.trainer.resume,
+                "null in a multirun: rerun the sweep with hydra.sweep.dir=<its dir> and its jobs go on by themselves",
+            )
         return run(cfg, run_dir)["test/acc"]
+    except Interrupted as err:
+        print(f"mpl-run: stopped by {err.signum.name} after step {err.step}; checkpoint in "
+              f"{run_dir / checkpoint.RELATIVE_PATH}. Resume with: {resume_hint(run_dir, hydra_cfg.mode)}",
+              file=sys.stderr)
+        sys.exit(128 + err.signum)
     except Exception as err:
         if hydra_cfg.mode != RunMode.RUN:
             # A multirun goes on with the other jobs; this one is marked failed with its error.
@@ -143,8 +228,10 @@ def hydra_main(cfg: DictConfig) -> float:
             raise
         if not isinstance(err, UserError):
             raise
-        # A single run stops here, before Hydra adds its own multi-line report; a config error leaves no run dir.
-        discard_if_unused(run_dir)
+        # A single run stops here, before Hydra adds its own multi-line report. An error before training (a bad
+        # config, data or checkpoint) leaves no trace: no run dir, or the resumed run's dir as it was.
+        if _stat(run_dir / "metrics.json") == before:
+            discard_if_unused(run_dir)
         exit_with_error(str(err))
 
 

@@ -218,8 +218,9 @@ def test_train_batches_have_the_configured_shapes_across_epochs(fake):
     root, _ = fake
     data = build(config(root), torch.device("cpu"))
     assert data.num_classes == 10 and data.input_shape == (3, 32, 32) and data.class_names[0] == "airplane"
+    batches = data.train_batches(0)
     for _ in range(10):  # 30 labeled images make 7 batches of 4: this crosses an epoch
-        batch = next(data.train_batches)
+        batch = next(batches)
         assert batch.x_l.shape == (4, 3, 32, 32) and batch.x_l.dtype == torch.float32
         assert batch.y_l.shape == (4,) and batch.y_l.dtype == torch.int64
         assert batch.x_uw.shape == batch.x_us.shape == (8, 3, 32, 32)

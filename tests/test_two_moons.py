@@ -28,7 +28,7 @@ def test_fresh_draw_is_new_points_of_the_same_moons():
 def test_batches_hold_labeled_points_and_jittered_views(make_cfg):
     cfg = make_cfg("dataset.unlabeled_batch_size=100").dataset
     data = build(cfg, torch.device("cpu"))
-    batch = next(data.train_batches)
+    batch = next(data.train_batches(0))
     assert batch.x_l.shape == (12, 2) and batch.y_l.tolist().count(0) == 6
     assert batch.x_uw.shape == batch.x_us.shape == (100, 2)
     assert (batch.x_us - batch.x_uw).std() > 0.1  # strong view is jittered (std 0.2), weak view is not

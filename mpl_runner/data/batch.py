@@ -28,14 +28,15 @@ class Batch:
 class SSLData:
     """A semi-supervised data set, ready to train on.
 
-    ``train_batches`` is an endless iterator of :class:`Batch`; ``eval_splits`` maps a split name ("test", ...)
-    to a re-iterable of ``(inputs, labels)`` batches; ``figures`` (optional) draws what a person wants to see
-    of a set of trained models, keyed by file stem.
+    ``train_batches(start)`` returns the endless iterator of :class:`Batch` a run sees from step ``start`` on
+    (given the RNG state a checkpoint restores, so a resumed run sees the same batches); ``eval_splits`` maps a
+    split name ("test", ...) to a re-iterable of ``(inputs, labels)`` batches; ``figures`` (optional) draws what
+    a person wants to see of a set of trained models, keyed by file stem.
     """
 
     num_classes: int
     input_shape: tuple[int, ...]
-    train_batches: Iterator[Batch]
+    train_batches: Callable[[int], Iterator[Batch]]
     eval_splits: dict[str, Iterable[tuple[torch.Tensor, torch.Tensor]]]
     labeled_indices: list[int]
     figures: Callable[[dict[str, torch.nn.Module]], dict[str, Any]] | None = None

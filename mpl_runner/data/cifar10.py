@@ -1,5 +1,9 @@
 """CIFAR-10 from the standard ``cifar-10-batches-py`` layout, augmented per item in DataLoader workers.
 
+The training streams are functions of (seed, step): batch ``b`` holds the images of one seeded permutation
+per epoch, and each image's random augmentation draws from a seed of its own, whichever worker runs it. A
+resumed run starts the streams at its step and sees the very batches an uninterrupted run would.
+
 Our own reader, not torchvision's ``CIFAR10`` class: it needs neither ``filenames`` nor the official md5 sums,
 so the re-encoded copy in ``shared/data/cifar10`` loads. The unlabeled set is, by default, every training
 image (labeled ones included, as in the paper); ``unlabeled: rest`` leaves the labeled ones out.
@@ -7,6 +11,7 @@ image (labeled ones included, as in the paper); ``unlabeled: rest`` leaves the l
 
 from __future__ import annotations
 
+import itertools
 import pickle
 from collections.abc import Iterable, Iterator
 from functools import partial
@@ -14,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.datasets.utils import download_and_extract_archive
 from torchvision.transforms import v2
 
@@ -23,6 +28,7 @@ from mpl_runner.data.splits import balanced_labeled_indices
 from mpl_runner.errors import ConfigError, DataError
 from mpl_runner.figures import image_grid
 from mpl_runner.models import eval_mode
+from mpl_runner.signals import ignore_stop_signals
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 ARCHIVE_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -157,6 +163,20 @@ def strong_transform(num_ops: int, magnitude: int, cutout_scale, cutout_probabil
 # --- datasets -------------------------------------------------------------------------------------------------
 
 
+def _seeded(key) -> tuple[int, int | None]:
+    """A dataset key: an index, or ``(index, seed)`` from :class:`SeededBatches`."""
+    return key if isinstance(key, tuple) else (key, None)
+
+
+def _draw(seed: int | None, draw):
+    """``draw()`` with the CPU generator seeded by ``seed`` (then restored), or as it stands for ``None``."""
+    if seed is None:
+        return draw()
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        return draw()
+
+
 class LabeledImages(Dataset):
     """``(transform(image), label)`` pairs; used for the labeled split (weak view) and the test split."""
 
@@ -166,8 +186,9 @@ class LabeledImages(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.transform(self.images[i]), self.labels[i]
+    def __getitem__(self, key) -> tuple[torch.Tensor, torch.Tensor]:
+        i, seed = _seeded(key)
+        return _draw(seed, lambda: self.transform(self.images[i])), self.labels[i]
 
 
 class UnlabeledImages(Dataset):
@@ -179,36 +200,69 @@ class UnlabeledImages(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, key) -> tuple[torch.Tensor, torch.Tensor]:
+        i, seed = _seeded(key)
         image = self.images[i]
-        return self.weak(image), self.strong(image)
+        return _draw(seed, lambda: (self.weak(image), self.strong(image)))
 
 
 # --- loaders --------------------------------------------------------------------------------------------------
 
 
-def _loader(dataset: Dataset, batch_size: int, cfg, device: torch.device, shuffle: bool) -> DataLoader:
+class SeededBatches(Sampler):
+    """Endless batches of ``(index, augmentation seed)``: a fresh permutation each epoch (its last partial batch
+    dropped). Batch ``b`` depends on ``(seed, b)`` alone, so the stream can start at any batch."""
+
+    def __init__(self, size: int, batch_size: int, seed: int, start: int = 0):
+        self.size, self.batch_size, self.seed, self.start = size, batch_size, seed, start
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        per_epoch = self.size // self.batch_size
+        epoch, order = None, None
+        for b in itertools.count(self.start):
+            if b // per_epoch != epoch:
+                epoch = b // per_epoch
+                order = torch.randperm(self.size, generator=torch.Generator().manual_seed(_mix(self.seed, epoch)))
+            first = (b % per_epoch) * self.batch_size
+            rows = order[first:first + self.batch_size].tolist()
+            seeds = np.random.SeedSequence([self.seed, b]).generate_state(self.batch_size, np.uint64).tolist()
+            yield list(zip(rows, seeds))
+
+
+def _mix(*ints: int) -> int:
+    return int(np.random.SeedSequence(list(ints)).generate_state(1, np.uint64)[0])
+
+
+def _loader(dataset: Dataset, cfg, device: torch.device, batch_size: int = 1, batch_sampler=None):
     workers = cfg.num_workers
     return DataLoader(
         dataset,
-        batch_size=batch_size,
-        sampler=RandomSampler(dataset, replacement=False) if shuffle else None,
-        drop_last=shuffle,
+        batch_size=batch_size,  # (1 is the default: DataLoader refuses any other with a batch_sampler)
+        batch_sampler=batch_sampler,
         num_workers=workers,
         pin_memory=cfg.pin_memory and device.type == "cuda",
         persistent_workers=cfg.persistent_workers and workers > 0,
+        generator=torch.Generator(),  # the loader's worker seeds: not drawn from (and not moving) the global RNG
+        worker_init_fn=ignore_stop_signals,
     )
 
 
-def _forever(loader: Iterable) -> Iterator:
-    """Epoch after epoch; each new epoch reshuffles."""
-    while True:
-        yield from loader
-
-
 def _batches(labeled: DataLoader, unlabeled: DataLoader) -> Iterator[Batch]:
-    for (x_l, y_l), (x_uw, x_us) in zip(_forever(labeled), _forever(unlabeled)):
+    for (x_l, y_l), (x_uw, x_us) in zip(labeled, unlabeled):
         yield Batch(x_l=x_l, y_l=y_l, x_uw=x_uw, x_us=x_us)
+
+
+def train_stream(labeled_set, unlabeled_set, cfg, device, seed: int, start: int) -> Iterator[Batch]:
+    """The training batches from step ``start`` on."""
+    streams = (
+        (labeled_set, cfg.labeled_batch_size),
+        (unlabeled_set, cfg.unlabeled_ratio * cfg.labeled_batch_size),
+    )
+    loaders = [
+        _loader(dataset, cfg, device, batch_sampler=SeededBatches(len(dataset), size, _mix(seed, k), start))
+        for k, (dataset, size) in enumerate(streams)
+    ]
+    return _batches(*loaders)
 
 
 def unlabeled_indices(num_train: int, labeled: list[int], which: str) -> np.ndarray:
@@ -229,7 +283,7 @@ def _check(cfg, num_train: int) -> None:
 
 
 def _check_batches(cfg, num_labeled: int, num_unlabeled: int) -> None:
-    # drop_last with a batch larger than its set yields no batch at all, and _forever() would spin.
+    # A batch larger than its set would leave an epoch with no batch at all.
     if not 0 < cfg.labeled_batch_size <= num_labeled:
         raise ConfigError(
             "dataset.labeled_batch_size", cfg.labeled_batch_size, f"1 to {num_labeled} (the labeled images)"
@@ -259,15 +313,12 @@ def build(cfg, device: torch.device) -> SSLData:
     labeled_set = LabeledImages(images[labeled], labels[labeled], weak)
     unlabeled_set = UnlabeledImages(images[unlabeled], weak, strong)
     test_set = LabeledImages(to_chw(test_x), torch.from_numpy(test_y), eval_transform())
-    unlabeled_batch_size = cfg.unlabeled_ratio * cfg.labeled_batch_size
+    stream_seed = int(torch.randint(2**62, ()))  # from the run's seed
     return SSLData(
         num_classes=NUM_CLASSES,
         input_shape=(3, 32, 32),
-        train_batches=_batches(
-            _loader(labeled_set, cfg.labeled_batch_size, cfg, device, shuffle=True),
-            _loader(unlabeled_set, unlabeled_batch_size, cfg, device, shuffle=True),
-        ),
-        eval_splits={"test": _loader(test_set, cfg.eval_batch_size, cfg, device, shuffle=False)},
+        train_batches=partial(train_stream, labeled_set, unlabeled_set, cfg, device, stream_seed),
+        eval_splits={"test": _loader(test_set, cfg, device, batch_size=cfg.eval_batch_size)},
         labeled_indices=labeled,
         figures=partial(_pseudo_label_grid, unlabeled_set),
         class_names=CLASS_NAMES,

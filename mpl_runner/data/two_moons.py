@@ -43,7 +43,8 @@ def _rows(n: int, batch_size: int | None, device: torch.device) -> torch.Tensor 
     return torch.randint(n, (batch_size,), device=device)
 
 
-def _batches(x: torch.Tensor, x_l: torch.Tensor, y_l: torch.Tensor, cfg) -> Iterator[Batch]:
+def _batches(x: torch.Tensor, x_l: torch.Tensor, y_l: torch.Tensor, cfg, start: int = 0) -> Iterator[Batch]:
+    """Batches drawn from the global RNG: a checkpoint restores its state, so ``start`` needs nothing more."""
     while True:
         rows = _rows(len(x_l), cfg.labeled_batch_size, x.device)
         xl, yl = (x_l, y_l) if rows is None else (x_l[rows], y_l[rows])
@@ -66,7 +67,7 @@ def build(cfg, device: torch.device) -> SSLData:
     return SSLData(
         num_classes=2,
         input_shape=(2,),
-        train_batches=_batches(x, x_l, y_l, cfg),
+        train_batches=partial(_batches, x, x_l, y_l, cfg),
         eval_splits={"test": [(x_test, y_test)], "all": [(x, y)]},
         labeled_indices=labeled,
         figures=partial(_figures, x.cpu(), y.cpu(), labeled),

@@ -25,6 +25,8 @@ class Method:
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler] = {}
         self.scalers: dict[str, torch.amp.GradScaler] = {}  # fp16 only: set by enable_grad_scaling()
+        self.skip_nonfinite = False  # trainer.skip_nonfinite: drop updates with a non-finite loss or gradient
+        self.skipped: dict[str, int] = {}  # updates dropped so, per model
 
     def enable_grad_scaling(self, device: torch.device) -> None:
         """fp16 autocast: one gradient scaler per trained model."""
@@ -36,22 +38,40 @@ class Method:
         self.models[name] = model
         self.optimizers[name] = build_optimizer(model.parameters(), self.optim_cfg, lr or self.optim_cfg.lr)
         self.schedulers[name] = build_scheduler(self.optimizers[name], self.optim_cfg, steps or self.total_steps)
+        self.skipped[name] = 0
         return model
 
     def update(self, name: str, loss: torch.Tensor) -> None:
         """One optimizer step of model ``name`` on ``loss`` (clipping the grad norm if configured)."""
         optimizer, scaler = self.optimizers[name], self.scalers.get(name)
         optimizer.zero_grad(set_to_none=True)
+        if self.skips(name, loss):
+            self.schedulers[name].step()  # the schedule stays in step with the run
+            return
         (scaler.scale(loss) if scaler else loss).backward()
         self.step_optimizer(name)
+
+    def skips(self, name: str, value: torch.Tensor) -> bool:
+        """With ``skip_nonfinite``: True (and one more skip counted for ``name``) if ``value`` is not finite.
+        The check reads the value, a device synchronisation, so it runs only when asked for."""
+        if not self.skip_nonfinite or bool(torch.isfinite(value).all()):
+            return False
+        self.skipped[name] += 1
+        return True
 
     def step_optimizer(self, name: str) -> None:
         """Clip (if configured), step and advance the lr schedule of model ``name``; its grads are set."""
         optimizer, scaler = self.optimizers[name], self.scalers.get(name)
-        if self.optim_cfg.grad_clip is not None:
+        if self.optim_cfg.grad_clip is not None or (self.skip_nonfinite and not scaler):
             if scaler:
                 scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(self.models[name].parameters(), self.optim_cfg.grad_clip)
+            params = [p for p in self.models[name].parameters() if p.grad is not None]
+            clip = self.optim_cfg.grad_clip if self.optim_cfg.grad_clip is not None else float("inf")
+            norm = nn.utils.clip_grad_norm_(params, clip)
+            if not scaler and self.skips(name, norm):  # (a scaler skips non-finite gradients by itself)
+                optimizer.zero_grad(set_to_none=True)
+                self.schedulers[name].step()
+                return
         if scaler:
             scaler.step(optimizer)
             scaler.update()
@@ -78,6 +98,7 @@ class Method:
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
             "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
             "scalers": {k: s.state_dict() for k, s in self.scalers.items()},
+            "skipped": dict(self.skipped),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -86,3 +107,4 @@ class Method:
         for kind, objs in kinds:
             for name, obj in objs.items():
                 obj.load_state_dict(state[kind][name])
+        self.skipped.update(state["skipped"])

@@ -130,9 +130,10 @@ class MPL(Method):
         """After MPL: the student alone on the labeled batch (the paper's finetuning)."""
         loss = F.cross_entropy(self.student(batch.x_l), batch.y_l, label_smoothing=self.cfg.label_smoothing)
         self.finetune_optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.finetune_optimizer.step()
-        self._update_ema()
+        if not self.skips("student", loss):
+            loss.backward()
+            self.finetune_optimizer.step()
+            self._update_ema()
         return {"student/loss_finetune": loss.detach()}
 
     # -- pieces, named as in DESIGN.md section 4 ------------------------------------------------------------

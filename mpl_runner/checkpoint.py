@@ -1,0 +1,127 @@
+"""``checkpoints/last.pt``: everything a run needs to go on as if it had never stopped.
+
+A checkpoint holds the step it was taken after, the method's state (models, optimizers, schedulers, AMP
+scalers, EMA, MPL baseline), the RNG states (python, numpy, torch, CUDA), the loop's own counters and the
+config that made it. Data-loader position needs nothing more: every data stream is a function of the step and
+the RNG state (see :mod:`mpl_runner.data`). Files are written atomically and read with
+``torch.load(weights_only=True)``, which unpickles tensors and plain containers only.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import random
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from mpl_runner.errors import UserError
+from mpl_runner.files import atomic_write_bytes
+from mpl_runner.logging import flatten
+
+FORMAT = "mpl-runner checkpoint 1"
+RELATIVE_PATH = Path("checkpoints") / "last.pt"
+
+#: keys that may differ between the run that wrote a checkpoint and the one resuming it: where things are and
+#: how the run is watched, nothing that changes what is computed (the data streams do not depend on workers).
+FREE_KEYS = (
+    "device", "trainer.resume", "trainer.auto_resume", "trainer.progress", "trainer.progress_interval",
+    "trainer.checkpoint_interval", "dataset.root", "dataset.download", "dataset.num_workers", "dataset.pin_memory",
+    "dataset.persistent_workers",
+)
+
+
+class CheckpointError(UserError):
+    """A checkpoint that cannot be resumed: unreadable, not ours, or written by another config."""
+
+
+def identity(cfg: DictConfig) -> dict[str, Any]:
+    """The config keys that decide what a run computes (all but :data:`FREE_KEYS`), flattened."""
+    return {k: v for k, v in flatten(cfg).items() if k not in FREE_KEYS}
+
+
+# --- RNG states -------------------------------------------------------------------------------------------------
+
+
+def rng_state() -> dict[str, Any]:
+    """Every generator a run draws from, as tensors and plain containers (what weights_only loads)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos,
+                  "has_gauss": has_gauss, "gauss": gauss},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --- writing and reading ----------------------------------------------------------------------------------------
+
+
+def save(path: Path, step: int, cfg: DictConfig, method, loop: dict[str, Any]) -> None:
+    """Write the checkpoint taken after ``step`` steps; a crash during the write leaves the previous one."""
+    state = {
+        "format": FORMAT,
+        "step": step,
+        "config": identity(cfg),
+        "method": method.state_dict(),
+        "rng": rng_state(),
+        "loop": loop,
+    }
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load(path: Path, device: torch.device) -> dict[str, Any]:
+    """Read a checkpoint (tensors land on ``device``); a file that is not one raises :class:`CheckpointError`."""
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as err:  # weights_only refused an object: not something we wrote
+        first = str(err).strip().splitlines()[0]
+        raise CheckpointError(f"{path} holds objects other than tensors and plain data; not loading it ({first})")
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as err:
+        raise CheckpointError(f"{path} is truncated or not a checkpoint: {' '.join(str(err).split())[:200]}") from err
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"{path} is not an mpl-runner checkpoint (format {found!r}, expected {FORMAT!r})")
+    return state
+
+
+def check_config(state: dict[str, Any], cfg: DictConfig, path: Path) -> None:
+    """Refuse a checkpoint written by a config that computes something else; name the keys that differ."""
+    theirs, ours = state["config"], identity(cfg)
+    differ = sorted(k for k in theirs.keys() | ours.keys() if theirs.get(k, "(absent)") != ours.get(k, "(absent)"))
+    if differ:
+        shown = ", ".join(f"{k}={ours.get(k, '(absent)')!r} here but {theirs.get(k, '(absent)')!r} there"
+                          for k in differ[:3])
+        more = f" and {len(differ) - 3} more" if len(differ) > 3 else ""
+        raise CheckpointError(f"{path} was written by another config: {shown}{more}")
+
+
+def restore(state: dict[str, Any], method, path: Path) -> None:
+    """Load the method's state and the RNG states; a mismatch raises :class:`CheckpointError`."""
+    try:
+        method.load_state_dict(state["method"])
+    except (KeyError, RuntimeError, ValueError) as err:
+        raise CheckpointError(f"{path} does not fit this run's models: {' '.join(str(err).split())[:200]}") from err
+    set_rng_state(state["rng"])
