@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import pickle
 import random
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -94,11 +95,14 @@ def load(path: Path, device: torch.device) -> dict[str, Any]:
     """Read a checkpoint (tensors land on ``device``); a file that is not one raises :class:`CheckpointError`."""
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; a cut-off one has lost its directory
+        raise CheckpointError(f"{path} is truncated or not a checkpoint (not the zip archive torch.save writes)")
     try:
         state = torch.load(path, map_location=device, weights_only=True)
-    except pickle.UnpicklingError as err:  # weights_only refused an object: not something we wrote
-        first = str(err).strip().splitlines()[0]
-        raise CheckpointError(f"{path} holds objects other than tensors and plain data; not loading it ({first})")
+    except pickle.UnpicklingError as err:  # weights_only refused what the pickle asked for: not something we wrote
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        what = f" ({found.group(1)})" if found else ""
+        raise CheckpointError(f"{path} holds objects other than tensors and plain data{what}; not loading it") from err
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as err:
         raise CheckpointError(f"{path} is truncated or not a checkpoint: {' '.join(str(err).split())[:200]}") from err
     if not isinstance(state, dict) or state.get("format") != FORMAT:

@@ -22,8 +22,11 @@ def _fields(object_type) -> str:
 
 def one_line_error(err: BaseException) -> str | None:
     """The message for a user mistake, or None when ``err`` is a bug (which keeps its traceback)."""
-    if isinstance(err, UserError):
-        return str(err)
+    cause = err
+    while cause is not None:  # our own check, maybe raised by a resolver while Hydra resolved the config
+        if isinstance(cause, UserError):
+            return str(cause)
+        cause = cause.__cause__ or (cause.__context__ if isinstance(cause, OmegaConfBaseException) else None)
     if isinstance(err, MissingConfigException) and err.missing_cfg_file:
         group, _, name = err.missing_cfg_file.rpartition("/")
         options = [o for o in (err.options or []) if not o.startswith("schema_")]

@@ -8,10 +8,13 @@ Checks that need more than a type (ranges, choices, cross-field rules) live in :
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, SI, OmegaConf
+
+from mpl_runner.errors import ConfigError
 
 
 @dataclass
@@ -156,10 +159,36 @@ SCHEMAS: dict[str, dict[str, type]] = {
 }
 
 
+def _sweep_dir(resume: str | None, sweep_dir: str) -> str:
+    """``hydra.sweep.dir``, which a multirun with ``trainer.resume`` never gets to."""
+    if resume is not None:
+        raise ConfigError(
+            "trainer.resume", resume, "null in a multirun (-m): to resume a sweep, run it again with "
+            "hydra.sweep.dir=<its dir>, and each job goes on from its own checkpoint"
+        )
+    return sweep_dir
+
+
+_RECORD_DIRS: dict[tuple[str, str], str] = {}
+
+
+def record_dir(output_dir: str, stamp: str) -> str:
+    """``hydra.output_subdir``: ``.hydra`` in a new run dir; in one that has a record already (a resumed or
+    requeued run), ``.hydra/resumed_<stamp>``, beside the original, which is left as it was. Decided once per job
+    (Hydra reads the key again after writing the record)."""
+    key = (output_dir, stamp)
+    if key not in _RECORD_DIRS:
+        fresh = not (Path(output_dir) / ".hydra" / "config.yaml").exists()
+        _RECORD_DIRS[key] = ".hydra" if fresh else f".hydra/resumed_{stamp}"
+    return _RECORD_DIRS[key]
+
+
 def register_configs() -> None:
     """Store every schema as ``<group>/schema_<name>`` (what the YAML defaults lists extend) and the root."""
     # ${mpl.if_null:a,b,c}: b if a is null, else c (config.yaml: where a resumed run writes)
     OmegaConf.register_new_resolver("mpl.if_null", lambda a, b, c: b if a is None else c, replace=True)
+    OmegaConf.register_new_resolver("mpl.sweep_dir", _sweep_dir, replace=True)
+    OmegaConf.register_new_resolver("mpl.record_dir", record_dir, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="schema_config", node=Config)
     for group, schemas in SCHEMAS.items():

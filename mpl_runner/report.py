@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
+from omegaconf.errors import OmegaConfBaseException
 
 from mpl_runner.files import atomic_write_bytes
 
@@ -134,7 +135,11 @@ class SweepReport(Callback):
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
         # The sweep dir exists before any job, so a sweeper can keep files there (Optuna's SQLite storage).
-        Path(config.hydra.sweep.dir).mkdir(parents=True, exist_ok=True)
+        try:
+            sweep_dir = config.hydra.sweep.dir
+        except OmegaConfBaseException:
+            return  # a config error (trainer.resume in a multirun): the launcher reports it as the run's error
+        Path(sweep_dir).mkdir(parents=True, exist_ok=True)
 
     def on_job_end(self, config: Any, job_return: Any = None, **kwargs: Any) -> None:
         if config.hydra.mode == RunMode.MULTIRUN:

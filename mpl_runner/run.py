@@ -208,12 +208,11 @@ def hydra_main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     before = _stat(run_dir / "metrics.json")
+    if hydra_cfg.mode == RunMode.MULTIRUN and cfg.trainer.resume is not None:
+        # (conf/config.yaml stops this before a sweep dir exists, unless hydra.sweep.dir is given)
+        discard_if_unused(run_dir)
+        exit_with_error(f"trainer.resume={cfg.trainer.resume!r} is not allowed: null in a multirun (-m)")
     try:
-        if hydra_cfg.mode == RunMode.MULTIRUN and cfg.trainer.resume is not None:
-            raise ConfigError(
-                "trainer.resume", cfg.trainer.resume,
-                "null in a multirun: rerun the sweep with hydra.sweep.dir=<its dir> and its jobs go on by themselves",
-            )
         return run(cfg, run_dir)["test/acc"]
     except Interrupted as err:
         print(f"mpl-run: stopped by {err.signum.name} after step {err.step}; checkpoint in "

@@ -78,6 +78,7 @@ def validate_trainer(cfg) -> None:
         positive(cfg, key)
     positive(cfg, "trainer.num_threads", optional=True)
     positive(cfg, "trainer.progress_interval", optional=True)
+    positive(cfg, "trainer.checkpoint_interval", optional=True)
     one_of(cfg, "trainer.amp", ("none", "bf16", "fp16", "auto"))
 
 

@@ -40,25 +40,6 @@ def test_tiny_cifar_run_through_the_cli(tmp_path, extra):
     assert len(labeled) == 20 and len(set(labeled)) == 20
 
 
-def test_missing_data_is_one_line_before_any_run_dir(tmp_path):
-    run_dir = tmp_path / "run"
-    result = mpl_run(*TINY_CIFAR, f"dataset.root={tmp_path / 'nothing'}", f"hydra.run.dir={run_dir}", cwd=tmp_path)
-    assert result.returncode == 2
-    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
-    assert "dataset.root" in result.stderr and str(tmp_path / "nothing") in result.stderr
-    assert not run_dir.exists()
-
-
-def test_corrupt_batch_names_the_file(tmp_path):
-    write_fake_cifar10(tmp_path / "data")
-    batch = tmp_path / "data" / "cifar-10-batches-py" / "data_batch_3"
-    batch.write_bytes(batch.read_bytes()[:100])
-    result = mpl_run(*TINY_CIFAR, f"dataset.root={tmp_path / 'data'}", f"hydra.run.dir={tmp_path / 'run'}",
-                     cwd=tmp_path)
-    assert result.returncode == 2 and "data_batch_3" in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(not REAL_ROOT.exists(), reason="real CIFAR-10 not present at ../shared/data/cifar10")
 def test_smoke_preset_on_real_data_beats_chance(tmp_path):

@@ -46,17 +46,10 @@ def test_multirun_runs_every_combination_in_its_own_dir(tmp_path):
     assert len(seen) == 9
 
 
+# tests/test_bad_inputs.py holds the full table (in-process); these two go through the console script itself.
 BAD = [
     (["method=foo"], "method=foo is not an option; choose one of: mpl, supervised, uda"),
-    (["trainer.stepz=3"], "trainer.stepz is not a config key"),
-    (["+trainer.stepz=3"], "trainer.stepz is not a config key"),
     (["dataset.num_labeled=7"], "dataset.num_labeled=7 is not allowed"),
-    (["dataset.num_labeled=0"], "dataset.num_labeled=0 is not allowed"),
-    (["dataset.num_labeled=2002"], "dataset.num_labeled=2002 is not allowed"),
-    (["trainer.steps=0"], "trainer.steps=0 is not allowed"),
-    (["optim.lr=0"], "optim.lr=0.0 is not allowed"),
-    (["trainer.steps=ten"], "trainer.steps='ten'"),
-    (["method.variant=second_order"], "method.variant='second_order' is not allowed: one of first_order, exact"),
 ]
 
 

@@ -6,6 +6,7 @@ A method owns its models, optimizers and schedulers. The loop calls ``train_step
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -46,7 +47,7 @@ class Method:
         optimizer, scaler = self.optimizers[name], self.scalers.get(name)
         optimizer.zero_grad(set_to_none=True)
         if self.skips(name, loss):
-            self.schedulers[name].step()  # the schedule stays in step with the run
+            self._skip_step(name)
             return
         (scaler.scale(loss) if scaler else loss).backward()
         self.step_optimizer(name)
@@ -59,6 +60,12 @@ class Method:
         self.skipped[name] += 1
         return True
 
+    def _skip_step(self, name: str) -> None:
+        """A dropped update still advances the lr schedule, which stays in step with the run."""
+        with warnings.catch_warnings():  # torch warns when a schedule moves before its optimizer's first step
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+            self.schedulers[name].step()
+
     def step_optimizer(self, name: str) -> None:
         """Clip (if configured), step and advance the lr schedule of model ``name``; its grads are set."""
         optimizer, scaler = self.optimizers[name], self.scalers.get(name)
@@ -70,7 +77,7 @@ class Method:
             norm = nn.utils.clip_grad_norm_(params, clip)
             if not scaler and self.skips(name, norm):  # (a scaler skips non-finite gradients by itself)
                 optimizer.zero_grad(set_to_none=True)
-                self.schedulers[name].step()
+                self._skip_step(name)
                 return
         if scaler:
             scaler.step(optimizer)

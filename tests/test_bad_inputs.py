@@ -1,0 +1,161 @@
+"""Bad configs, data files and checkpoints: each stops ``mpl-run`` with one line naming the cause, exit status 2,
+no traceback, and leaves every file as it was (no run dir that could pass for a finished run).
+
+``mpl-run``'s entry point runs in-process here (it takes 0.3 s instead of 5 s for a fresh interpreter);
+tests/test_cli.py runs the console script itself for one of these cases.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY
+from mpl_runner.run import cli
+from test_cifar10_data import write_fake_cifar10
+from test_cifar10_run import TINY_CIFAR
+
+
+def run_cli(args: list[str], cwd: Path, monkeypatch, capsys) -> tuple[int, str]:
+    """``mpl-run *args`` in ``cwd``: (exit status, stderr)."""
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "argv", ["mpl-run", *args])
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")  # cli() sets it; this puts the old value back afterwards
+    capsys.readouterr()
+    try:
+        cli()
+        status = 0
+    except SystemExit as exit_:
+        status = exit_.code
+    return status, capsys.readouterr().err
+
+
+def tree(root: Path) -> dict[Path, tuple[int, int] | None]:
+    """Every folder (None) and file (size, modification time) under ``root``."""
+    return {p: (p.stat().st_size, p.stat().st_mtime_ns) if p.is_file() else None for p in root.rglob("*")}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    """A finished two-moons run dir with its checkpoint."""
+    cwd = tmp_path_factory.mktemp("finished")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(cwd)
+        mp.setattr(sys, "argv", ["mpl-run", *TINY, "trainer.checkpoint_interval=10", "hydra.run.dir=run"])
+        mp.setenv("HYDRA_FULL_ERROR", "1")
+        cli()
+    return cwd / "run"
+
+
+# --- the cases: each prepares tmp_path and returns the arguments ------------------------------------------------
+
+
+def config(*overrides: str) -> Callable[[Path, Path], list[str]]:
+    return lambda tmp, _finished: [*overrides, f"hydra.run.dir={tmp / 'run'}"]
+
+
+def cifar(damage: Callable[[Path], None] = lambda folder: None, *overrides: str):
+    def setup(tmp: Path, _finished) -> list[str]:
+        write_fake_cifar10(tmp / "data")
+        damage(tmp / "data" / "cifar-10-batches-py")
+        return [*TINY_CIFAR, f"dataset.root={tmp / 'data'}", *overrides, f"hydra.run.dir={tmp / 'run'}"]
+
+    return setup
+
+
+def truncate(name: str):
+    return lambda folder: (folder / name).write_bytes((folder / name).read_bytes()[:100])
+
+
+def repickle(name: str, entry) -> Callable[[Path], None]:
+    return lambda folder: (folder / name).write_bytes(pickle.dumps(entry, protocol=2))
+
+
+class RunsCode:
+    def __reduce__(self):
+        return os.system, ("echo this should never run",)
+
+
+def resume(change: Callable[[Path], None] = lambda checkpoint: None, *overrides: str, how: str = "resume"):
+    """A copy of the finished run with ``change`` applied to its checkpoint, resumed (or reused: auto-resume)."""
+    def setup(tmp: Path, finished: Path) -> list[str]:
+        run_dir = tmp / "run"
+        shutil.copytree(finished, run_dir)
+        change(run_dir / "checkpoints" / "last.pt")
+        target = f"trainer.resume={run_dir}" if how == "resume" else f"hydra.run.dir={run_dir}"
+        return [*TINY, "trainer.checkpoint_interval=10", *overrides, target]
+
+    return setup
+
+
+def torch_file(obj) -> Callable[[Path], None]:
+    return lambda path: torch.save(obj, path)
+
+
+CASES = {
+    # config values
+    "unknown option": (config("method=foo"), "method=foo is not an option; choose one of: mpl, supervised, uda"),
+    "unknown key": (config("trainer.stepz=3"), "trainer.stepz is not a config key"),
+    "added unknown key": (config("+trainer.stepz=3"), "trainer.stepz is not a config key"),
+    "labels not per class": (config("dataset.num_labeled=7"), "dataset.num_labeled=7 is not allowed"),
+    "too many labels": (config("dataset.num_labeled=2002"), "dataset.num_labeled=2002 is not allowed"),
+    "zero steps": (config("trainer.steps=0"), "trainer.steps=0 is not allowed"),
+    "steps not a number": (config("trainer.steps=ten"), "trainer.steps='ten'"),
+    "zero lr": (config("optim.lr=0"), "optim.lr=0.0 is not allowed"),
+    "unknown variant": (config("method.variant=second_order"), "one of first_order, exact"),
+    "unknown device": (config("device=tpu"), "device='tpu' is not allowed"),
+    "unknown precision": (config("trainer.amp=fp8"), "trainer.amp='fp8' is not allowed"),
+    "zero checkpoint interval": (config("trainer.checkpoint_interval=0"), "trainer.checkpoint_interval=0"),
+    "resume in a multirun": (lambda tmp, _: ["-m", "trainer.resume=run"],
+                             "trainer.resume='run' is not allowed: null in a multirun"),
+    # data
+    "no data": (cifar(lambda folder: shutil.rmtree(folder)), "dataset.root"),
+    "truncated batch": (cifar(truncate("data_batch_3")), "data_batch_3 is truncated or not a CIFAR-10 pickle"),
+    "missing batch": (cifar(lambda folder: (folder / "test_batch").unlink()), "test_batch is missing"),
+    "batch of wrong shape": (cifar(repickle("data_batch_1", {b"data": np.zeros((5, 10), np.uint8), b"labels": [0] * 5})),
+                             "data_batch_1 holds data of shape (5, 10)"),
+    "batch that runs code": (cifar(repickle("data_batch_2", RunsCode())), "data_batch_2 is truncated or not a"),
+    "cifar labels not per class": (cifar(lambda folder: None, "dataset.num_labeled=25"),
+                                   "dataset.num_labeled=25 is not allowed: a multiple of 10"),
+    # checkpoints
+    "resume from nowhere": (lambda tmp, _: [*TINY, f"trainer.resume={tmp / 'nowhere'}"], "there is no"),
+    "resume without checkpoint": (resume(lambda path: path.unlink()), "there is no"),
+    "truncated checkpoint": (resume(lambda path: path.write_bytes(path.read_bytes()[:1000])),
+                             "is truncated or not a checkpoint"),
+    "text as checkpoint": (resume(lambda path: path.write_text("not a checkpoint\n")),
+                           "is truncated or not a checkpoint"),
+    "state dict as checkpoint": (resume(torch_file({"weight": torch.zeros(3)})), "is not an mpl-runner checkpoint"),
+    "checkpoint with objects": (resume(torch_file(argparse.Namespace(step=3))),
+                                "holds objects other than tensors and plain data (argparse.Namespace)"),
+    "checkpoint of another config": (resume(lambda path: None, "optim.lr=0.05"),
+                                     "was written by another config: optim.lr=0.05 here but 0.1 there"),
+    "reused dir, truncated checkpoint": (resume(lambda path: path.write_bytes(path.read_bytes()[:1000]), how="reuse"),
+                                         "is truncated or not a checkpoint"),
+    "resume into another dir": (lambda tmp, finished: [*TINY, f"trainer.resume={finished}",
+                                                       f"hydra.run.dir={tmp / 'elsewhere'}"],
+                                "trainer.resume="),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_is_one_line_and_changes_nothing(case, tmp_path, finished, monkeypatch, capsys):
+    setup, message = CASES[case]
+    args = setup(tmp_path, finished)
+    before, finished_before = tree(tmp_path), tree(finished)
+    status, stderr = run_cli(args, tmp_path, monkeypatch, capsys)
+    assert status == 2, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mpl-run: error: "), stderr
+    assert message in lines[0]
+    assert "Traceback" not in stderr
+    assert tree(tmp_path) == before  # nothing written, nothing changed: no run dir, no half record
+    assert tree(finished) == finished_before
