@@ -71,6 +71,8 @@ def collect(sweep_dir: Path) -> tuple[list[Row], dict[str, str]]:
             continue
         if metrics.get("status") == "completed" and METRIC in metrics:
             row.accs.append(float(metrics[METRIC]))
+        elif metrics.get("status") == "interrupted":  # stopped by a signal, with a checkpoint to go on from
+            row.unfinished.append(job.name)
         else:
             row.failed.append(f"{job.name}: {metrics.get('error', metrics.get('status', 'unknown'))}")
     return list(rows.values()), common

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
+import re
 import signal
 
 import numpy as np
@@ -16,6 +18,7 @@ from mpl_runner.data import Batch
 from mpl_runner.engine import NonFiniteLoss, NonFiniteWatch
 from mpl_runner.methods import build_method
 from mpl_runner.models import build_model
+from mpl_runner.run import execute
 from mpl_runner.signals import StopSignals
 
 
@@ -134,3 +137,22 @@ def test_sigterm_becomes_a_request_and_a_second_one_acts_as_before():
         assert received == [signal.SIGTERM] * 2
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_divergence_stops_keeps_the_last_good_checkpoint_and_marks_the_run_failed(make_cfg, tmp_path):
+    cfg = make_cfg("method=supervised", "optim.lr=1000", "trainer.steps=50", "trainer.log_interval=10",
+                   "trainer.checkpoint_interval=2")
+    with pytest.raises(NonFiniteLoss, match=r"step \d+: train/model/loss = nan \(first non-finite at step (\d+)\)"):
+        execute(cfg, tmp_path)
+    record = json.loads((tmp_path / "metrics.json").read_text())
+    assert record["status"] == "failed" and "NonFiniteLoss" in record["error"]
+    state = checkpoint.load(tmp_path / checkpoint.RELATIVE_PATH, torch.device("cpu"))
+    first_bad = int(re.search(r"first non-finite at step (\d+)", record["error"]).group(1))
+    assert state["step"] == record["checkpoint_step"] < first_bad
+    assert all(torch.isfinite(t).all() for t in state["method"]["models"]["model"].values())
+
+
+def test_skip_nonfinite_finishes_the_run_and_reports_the_count(make_cfg, tmp_path):
+    cfg = make_cfg("method=supervised", "optim.lr=1000", "trainer.steps=50", "trainer.skip_nonfinite=true")
+    record = execute(cfg, tmp_path).record
+    assert record["status"] == "completed" and record["skipped/model"] > 0
