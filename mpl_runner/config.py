@@ -14,6 +14,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, SI, OmegaConf
 
+from mpl_runner.distributed import now, world_from_env
 from mpl_runner.errors import ConfigError
 
 
@@ -137,6 +138,7 @@ class TrainerConfig:
     resume: Optional[str] = None  # a run dir: go on from its checkpoint, in that dir
     auto_resume: bool = True  # a run dir that already holds a checkpoint (a requeued job) goes on from it
     skip_nonfinite: bool = False  # drop (and count) updates whose loss or gradient is not finite, instead of stopping
+    sync_batchnorm: bool = False  # under torchrun: batch-norm statistics over the global batch (SyncBatchNorm)
 
 
 @dataclass
@@ -172,10 +174,12 @@ def _sweep_dir(resume: str | None, sweep_dir: str) -> str:
 _RECORD_DIRS: dict[tuple[str, str], str] = {}
 
 
-def record_dir(output_dir: str, stamp: str) -> str:
+def record_dir(output_dir: str, stamp: str) -> str | None:
     """``hydra.output_subdir``: ``.hydra`` in a new run dir; in one that has a record already (a resumed or
     requeued run), ``.hydra/resumed_<stamp>``, beside the original, which is left as it was. Decided once per job
     (Hydra reads the key again after writing the record)."""
+    if not world_from_env().is_main:
+        return None  # under torchrun, rank 0 alone writes the record
     key = (output_dir, stamp)
     if key not in _RECORD_DIRS:
         fresh = not (Path(output_dir) / ".hydra" / "config.yaml").exists()
@@ -189,6 +193,7 @@ def register_configs() -> None:
     OmegaConf.register_new_resolver("mpl.if_null", lambda a, b, c: b if a is None else c, replace=True)
     OmegaConf.register_new_resolver("mpl.sweep_dir", _sweep_dir, replace=True)
     OmegaConf.register_new_resolver("mpl.record_dir", record_dir, replace=True)
+    OmegaConf.register_new_resolver("mpl.now", now, replace=True, use_cache=True)
     cs = ConfigStore.instance()
     cs.store(name="schema_config", node=Config)
     for group, schemas in SCHEMAS.items():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from typing import Any
 import torch
 
 from mpl_runner.data import SSLData
+from mpl_runner.distributed import World
 from mpl_runner.errors import UserError
 from mpl_runner.logging import Tracker
 from mpl_runner.methods import Method
@@ -61,9 +63,9 @@ class NonFiniteWatch:
         finite = torch.stack([torch.isfinite(v).all() for v in raw.values()]).all()
         self.first = torch.where(finite | (self.first >= 0), self.first, step)
 
-    def check(self, step: int, stats: dict[str, float]) -> None:
-        """Raise :class:`NonFiniteLoss` if any step so far had a non-finite loss (reads the device)."""
-        first = int(self.first)
+    def check(self, step: int, stats: dict[str, float], world: World = World()) -> None:
+        """Raise :class:`NonFiniteLoss` if any step so far had a non-finite loss on any rank (reads the device)."""
+        first = int(world.max(self.first))
         if first >= 0:
             raise NonFiniteLoss(step, first, {k: v for k, v in stats.items() if not math.isfinite(v)})
 
@@ -127,11 +129,12 @@ def train(
     from that step on, ends up with every step once.
     """
     start = start or Start()
+    world = method.world
     steps, interval = trainer_cfg.steps, trainer_cfg.checkpoint_interval
     log_ = _StepLog(method, data, trainer_cfg, device, tracker, amp, start)
     watch = NonFiniteWatch(device)
     stats = dict(start.stats)
-    batches = data.train_batches(start.step)
+    batches = data.train_batches(start.step, world.rank, world.size)
     with StopSignals() as stop:
         if start.step:
             log_.after_step(start.step, stats)
@@ -142,15 +145,16 @@ def train(
             done = step + 1
             watch.observe(done, raw)
             log_.count(batch)
-            checkpoint_due = save is not None and (done == steps or stop.received or (interval and done % interval == 0))
+            stopping = world.any(stop.received is not None, device)  # every rank stops at the same step
+            checkpoint_due = save is not None and (done == steps or stopping or (interval and done % interval == 0))
             if checkpoint_due or log_.due(done):
                 # Reading the losses synchronises with the device, so it happens only when they are needed.
-                stats = {k: float(v) for k, v in raw.items()}
-                watch.check(done, stats)  # never a checkpoint of a diverged run
+                stats = _mean_over_ranks(raw, world)
+                watch.check(done, stats, world)  # never a checkpoint of a diverged run
             if checkpoint_due:
                 save(done, {"train_seconds": log_.train_seconds(), "stats": stats})
-            if stop.received:
-                raise Interrupted(done, stop.received)
+            if stopping:
+                raise Interrupted(done, stop.received or signal.SIGTERM)
             log_.after_step(done, stats)
     train_seconds = log_.train_seconds()
     confusions: dict[str, torch.Tensor] = {}
@@ -164,6 +168,12 @@ def train(
         metrics.update({f"skipped/{name}": n for name, n in method.skipped.items()})
     metrics.update({"steps": steps, "train_seconds": train_seconds, "test/confusion": handed_out.tolist()})
     return metrics
+
+
+def _mean_over_ranks(raw: dict[str, torch.Tensor], world: World) -> dict[str, float]:
+    """The step's scalars as floats, averaged over ranks (one all-reduce for all of them)."""
+    values = world.mean(torch.stack([v.detach().float().reshape(()) for v in raw.values()]))
+    return dict(zip(raw, values.tolist()))
 
 
 class _StepLog:

@@ -30,19 +30,20 @@ def flatten(cfg: DictConfig) -> dict[str, Any]:
 
 
 class Tracker:
-    def __init__(self, run_dir: Path, purge_step: int | None = None):
+    def __init__(self, run_dir: Path, purge_step: int | None = None, enabled: bool = True):
         """``purge_step``: TensorBoard hides what earlier files of this run logged at that step or later (a
-        resumed run logs those steps again)."""
-        self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
-
-    def flush(self) -> None:
-        self.writer.flush()
+        resumed run logs those steps again). ``enabled=False`` (ranks other than 0) writes nothing."""
+        self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step) if enabled else None
 
     def scalars(self, step: int, values: dict[str, float], prefix: str = "") -> None:
+        if self.writer is None:
+            return
         for tag, value in values.items():
             self.writer.add_scalar(prefix + tag, value, step)
 
     def figure(self, tag: str, fig, step: int) -> None:
+        if self.writer is None:
+            return
         self.writer.add_figure(tag, fig, step, close=False)
 
     def hparams(self, cfg: DictConfig, metrics: dict, step: int) -> None:
@@ -53,11 +54,18 @@ class Tracker:
         all runs and lists first the hyperparameters whose values differ between them (a sweep's swept keys);
         from a per-run experiment record it would list all 60-odd keys alphabetically.
         """
+        if self.writer is None:
+            return
         scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and "/class_acc/" not in k}
         _experiment, session_start, session_end = hparams(flatten(cfg), scalars)
         for summary in (session_start, session_end):
             self.writer.file_writer.add_summary(summary)
         self.scalars(step, scalars)
 
+    def flush(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+
     def close(self) -> None:
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()

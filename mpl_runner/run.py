@@ -6,6 +6,7 @@ Reading order for a newcomer: :func:`run` here, then :func:`mpl_runner.engine.tr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -25,10 +26,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from mpl_runner import checkpoint
+from mpl_runner import checkpoint, distributed
 from mpl_runner.cli_errors import one_line_error
 from mpl_runner.config import register_configs
 from mpl_runner.data import SSLData, build_dataset
+from mpl_runner.distributed import World, world_from_env
 from mpl_runner.engine import Start, resolve_amp, train
 from mpl_runner.errors import ConfigError, UserError
 from mpl_runner.figures import confusion_figure, save_png
@@ -37,17 +39,19 @@ from mpl_runner.logging import Tracker
 from mpl_runner.methods import Method, build_method
 from mpl_runner.models import build_model, count_parameters
 from mpl_runner.signals import Interrupted
-from mpl_runner.validate import validate
+from mpl_runner.validate import validate, validate_world
 
 log = logging.getLogger("mpl_runner")
 
 register_configs()
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+def resolve_device(name: str, world: World = World()) -> torch.device:
+    """The training device; under torchrun, CUDA means this rank's GPU (``LOCAL_RANK``)."""
+    device = torch.device("cuda" if name == "auto" and torch.cuda.is_available() else "cpu" if name == "auto" else name)
+    if device.type == "cuda" and world.distributed:
+        return torch.device("cuda", world.local_rank)
+    return device
 
 
 def seed_everything(seed: int) -> None:
@@ -103,8 +107,10 @@ def execute(cfg: DictConfig, run_dir: Path) -> Trained:
     """Train one configuration (or go on from the run dir's checkpoint); write ``metrics.json``, checkpoints,
     figures and TensorBoard files into ``run_dir``. Every check that can fail runs before anything is written."""
     validate(cfg)
+    world = world_from_env()
+    validate_world(cfg, world)
     wall_start = time.perf_counter()
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, world)
     if cfg.trainer.num_threads is not None:
         torch.set_num_threads(cfg.trainer.num_threads)
     state = _resume_state(cfg, run_dir, device)
@@ -121,6 +127,8 @@ def execute(cfg: DictConfig, run_dir: Path) -> Trained:
     if amp == "fp16":
         method.enable_grad_scaling(device)
     method.skip_nonfinite = cfg.trainer.skip_nonfinite
+    if world.distributed:
+        method.distribute(world, device, cfg.trainer.sync_batchnorm)
     start = Start()
     checkpoint_path = run_dir / checkpoint.RELATIVE_PATH
     if state is not None:
@@ -132,19 +140,24 @@ def execute(cfg: DictConfig, run_dir: Path) -> Trained:
             return Trained(finished, method, data)
         log.info(f"resuming {run_dir} after step {start.step} of {cfg.trainer.steps}")
 
-    atomic_write_json(run_dir / "labeled_indices.json", data.labeled_indices)
+    write = world.is_main  # under torchrun, rank 0 alone writes the run dir
+    if write:
+        atomic_write_json(run_dir / "labeled_indices.json", data.labeled_indices)
     sizes = ", ".join(f"{k} {count_parameters(m):,}" for k, m in method.models.items())
-    log.info(f"{cfg.method.name} on {cfg.dataset.name} ({len(data.labeled_indices)} labeled), {device}; "
+    ranks = f" x {world.size} ranks" if world.distributed else ""
+    log.info(f"{cfg.method.name} on {cfg.dataset.name} ({len(data.labeled_indices)} labeled), {device}{ranks}; "
              f"precision {amp}; parameters: {sizes}; run dir {run_dir}")
 
+    # Events an earlier attempt logged after the checkpoint's step are dropped (TensorBoard's purge_step).
+    tracker = Tracker(run_dir, purge_step=start.step if state is not None else None, enabled=write)
     saved = [start.step if state is not None else None]
 
     def save(step: int, loop: dict) -> None:
-        checkpoint.save(checkpoint_path, step, cfg, method, loop)
+        if write:
+            tracker.flush()  # what was logged before this step is on disk before the checkpoint says it is done
+            checkpoint.save(checkpoint_path, step, cfg, method, loop)
         saved[0] = step
 
-    # Events an earlier attempt logged after the checkpoint's step are dropped (TensorBoard's purge_step).
-    tracker = Tracker(run_dir, purge_step=start.step if state is not None else None)
     try:
         metrics = train(method, data, cfg.trainer, device, tracker, amp, save=save, start=start)
         figures = {"confusion_matrix": confusion_figure(metrics["test/confusion"], data.class_names)}
@@ -152,16 +165,21 @@ def execute(cfg: DictConfig, run_dir: Path) -> Trained:
             figures.update(data.figures(method.eval_models()))
         for stem, fig in figures.items():
             tracker.figure(stem, fig, cfg.trainer.steps)
-            save_png(fig, run_dir / f"{stem}.png")
+            if write:
+                save_png(fig, run_dir / f"{stem}.png")
         metrics["wall_seconds"] = time.perf_counter() - wall_start
         tracker.hparams(cfg, metrics, cfg.trainer.steps)
     except BaseException as err:
-        atomic_write_json(run_dir / "metrics.json", failure_record(err, saved[0]))
+        if write:
+            atomic_write_json(run_dir / "metrics.json", failure_record(err, saved[0]))
         raise
     finally:
         tracker.close()
     record = {"status": "completed", "method": cfg.method.name, "handed_out": method.handed_out, **metrics}
-    atomic_write_json(run_dir / "metrics.json", record)
+    if world.distributed:
+        record["world_size"] = world.size
+    if write:
+        atomic_write_json(run_dir / "metrics.json", record)
     log.info(f"test/acc {100 * metrics['test/acc']:.2f}% ({method.handed_out}); "
              f"trained {metrics['train_seconds']:.1f}s; metrics in {run_dir / 'metrics.json'}")
     return Trained(record, method, data)
@@ -174,14 +192,16 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
 
 def discard_if_unused(run_dir: Path) -> None:
     """After a user error: remove the config record Hydra wrote for this job and, if nothing but its log is left,
-    the run dir (a resume that failed leaves the resumed run as it was)."""
+    the run dir (a resume that failed leaves the resumed run as it was). Every rank may call it."""
     hydra_cfg = HydraConfig.get()
-    shutil.rmtree(run_dir / hydra_cfg.output_subdir, ignore_errors=True)
+    if hydra_cfg.output_subdir is not None:
+        shutil.rmtree(run_dir / hydra_cfg.output_subdir, ignore_errors=True)
     record_dir = run_dir / ".hydra"
-    if record_dir.is_dir() and not any(record_dir.iterdir()):
-        record_dir.rmdir()
-    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {f"{hydra_cfg.job.name}.log"}:
-        shutil.rmtree(run_dir)
+    with contextlib.suppress(OSError):  # (another rank may be removing the same things)
+        if record_dir.is_dir() and not any(record_dir.iterdir()):
+            record_dir.rmdir()
+        if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {f"{hydra_cfg.job.name}.log"}:
+            shutil.rmtree(run_dir)
 
 
 def _stat(path: Path) -> tuple[int, int] | None:
@@ -199,7 +219,8 @@ def resume_hint(run_dir: Path, mode: RunMode) -> str:
 
 
 def exit_with_error(message: str) -> NoReturn:
-    print(f"mpl-run: error: {message}", file=sys.stderr)
+    if world_from_env().is_main:  # (under torchrun every rank finds the same mistake; one says it)
+        print(f"mpl-run: error: {message}", file=sys.stderr)
     sys.exit(2)
 
 
@@ -208,6 +229,8 @@ def hydra_main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     before = _stat(run_dir / "metrics.json")
+    if not world_from_env().is_main:
+        quiet_logging()
     if hydra_cfg.mode == RunMode.MULTIRUN and cfg.trainer.resume is not None:
         # (conf/config.yaml stops this before a sweep dir exists, unless hydra.sweep.dir is given)
         discard_if_unused(run_dir)
@@ -215,6 +238,8 @@ def hydra_main(cfg: DictConfig) -> float:
     try:
         return run(cfg, run_dir)["test/acc"]
     except Interrupted as err:
+        if not world_from_env().is_main:
+            sys.exit(128 + err.signum)
         print(f"mpl-run: stopped by {err.signum.name} after step {err.step}; checkpoint in "
               f"{run_dir / checkpoint.RELATIVE_PATH}. Resume with: {resume_hint(run_dir, hydra_cfg.mode)}",
               file=sys.stderr)
@@ -238,6 +263,7 @@ def cli() -> None:
     """Console entry point. User mistakes end as one line on stderr and exit status 2, without a traceback."""
     # Let Hydra's exceptions reach us instead of being printed by Hydra over several lines.
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    distributed.start(world_from_env())  # under torchrun: join the process group before Hydra names the run dir
     try:
         hydra_main()
     except Exception as err:  # noqa: BLE001 - anything not a user mistake is re-raised below
@@ -245,3 +271,14 @@ def cli() -> None:
         if message is None:
             raise
         exit_with_error(message)
+    finally:
+        distributed.stop()
+
+
+def quiet_logging() -> None:
+    """Ranks other than 0 under torchrun: warnings only, on the console; the run's log file is rank 0's."""
+    for handler in list(logging.root.handlers):
+        if isinstance(handler, logging.FileHandler):
+            logging.root.removeHandler(handler)
+            handler.close()
+    logging.getLogger("mpl_runner").setLevel(logging.WARNING)

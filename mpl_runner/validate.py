@@ -184,3 +184,26 @@ def validate_method(cfg) -> None:
         raise ConfigError("trainer.amp", cfg.trainer.amp, "none or bf16 with method.variant=exact (no grad scaler)")
     if method.variant == "exact" and method.feedback != "old_minus_new":
         raise ConfigError("method.feedback", method.feedback, "old_minus_new with method.variant=exact")
+
+
+def validate_world(cfg, world) -> None:
+    """Under torchrun: each global batch splits evenly over the ranks; exact MPL runs on one process only."""
+    if not world.distributed:
+        return
+    data = cfg.dataset
+    if data.name == "two_moons":
+        sizes = {
+            "dataset.labeled_batch_size": data.labeled_batch_size or data.num_labeled,
+            "dataset.unlabeled_batch_size": data.unlabeled_batch_size or 2 * data.points_per_class,
+        }
+    else:
+        sizes = {"dataset.labeled_batch_size": data.labeled_batch_size,
+                 "dataset.unlabeled_ratio": data.unlabeled_ratio * data.labeled_batch_size}
+    for key, size in sizes.items():
+        if size % world.size:
+            raise ConfigError(key, _get(cfg, key), f"a global batch ({size}) divisible by the {world.size} ranks")
+    if cfg.method.name == "mpl" and cfg.method.variant == "exact":
+        raise ConfigError("method.variant", "exact", "first_order under torchrun (exact runs on one process)")
+    on_cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
+    if cfg.trainer.sync_batchnorm and not on_cuda:
+        raise ConfigError("trainer.sync_batchnorm", True, "false on the CPU (PyTorch's SyncBatchNorm needs CUDA)")

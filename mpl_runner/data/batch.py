@@ -23,20 +23,27 @@ class Batch:
 
         return Batch(*(move(t) for t in (self.x_l, self.y_l, self.x_uw, self.x_us)))
 
+    def shard(self, rank: int, world: int) -> "Batch":
+        """Rank ``rank``'s share of a global batch: every ``world``-th example from the ``rank``-th on."""
+        if world == 1:
+            return self
+        return Batch(*(t[rank::world] for t in (self.x_l, self.y_l, self.x_uw, self.x_us)))
+
 
 @dataclass
 class SSLData:
     """A semi-supervised data set, ready to train on.
 
-    ``train_batches(start)`` returns the endless iterator of :class:`Batch` a run sees from step ``start`` on
-    (given the RNG state a checkpoint restores, so a resumed run sees the same batches); ``eval_splits`` maps a
+    ``train_batches(start, rank, world)`` returns the endless iterator of :class:`Batch` a run sees from step
+    ``start`` on (given the RNG state a checkpoint restores, so a resumed run sees the same batches): rank
+    ``rank``'s share of each global batch, the same global batches whatever the number of ranks; ``eval_splits`` maps a
     split name ("test", ...) to a re-iterable of ``(inputs, labels)`` batches; ``figures`` (optional) draws what
     a person wants to see of a set of trained models, keyed by file stem.
     """
 
     num_classes: int
     input_shape: tuple[int, ...]
-    train_batches: Callable[[int], Iterator[Batch]]
+    train_batches: Callable[..., Iterator[Batch]]
     eval_splits: dict[str, Iterable[tuple[torch.Tensor, torch.Tensor]]]
     labeled_indices: list[int]
     figures: Callable[[dict[str, torch.nn.Module]], dict[str, Any]] | None = None

@@ -211,10 +211,12 @@ class UnlabeledImages(Dataset):
 
 class SeededBatches(Sampler):
     """Endless batches of ``(index, augmentation seed)``: a fresh permutation each epoch (its last partial batch
-    dropped). Batch ``b`` depends on ``(seed, b)`` alone, so the stream can start at any batch."""
+    dropped). Batch ``b`` depends on ``(seed, b)`` alone, so the stream can start at any batch. Rank ``rank`` of
+    ``world`` gets every ``world``-th item of each global batch."""
 
-    def __init__(self, size: int, batch_size: int, seed: int, start: int = 0):
+    def __init__(self, size: int, batch_size: int, seed: int, start: int = 0, rank: int = 0, world: int = 1):
         self.size, self.batch_size, self.seed, self.start = size, batch_size, seed, start
+        self.rank, self.world = rank, world
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         per_epoch = self.size // self.batch_size
@@ -226,7 +228,7 @@ class SeededBatches(Sampler):
             first = (b % per_epoch) * self.batch_size
             rows = order[first:first + self.batch_size].tolist()
             seeds = np.random.SeedSequence([self.seed, b]).generate_state(self.batch_size, np.uint64).tolist()
-            yield list(zip(rows, seeds))
+            yield list(zip(rows, seeds))[self.rank::self.world]
 
 
 def _mix(*ints: int) -> int:
@@ -252,14 +254,16 @@ def _batches(labeled: DataLoader, unlabeled: DataLoader) -> Iterator[Batch]:
         yield Batch(x_l=x_l, y_l=y_l, x_uw=x_uw, x_us=x_us)
 
 
-def train_stream(labeled_set, unlabeled_set, cfg, device, seed: int, start: int) -> Iterator[Batch]:
-    """The training batches from step ``start`` on."""
+def train_stream(
+    labeled_set, unlabeled_set, cfg, device, seed: int, start: int, rank: int = 0, world: int = 1
+) -> Iterator[Batch]:
+    """Rank ``rank``'s share of the training batches from step ``start`` on."""
     streams = (
         (labeled_set, cfg.labeled_batch_size),
         (unlabeled_set, cfg.unlabeled_ratio * cfg.labeled_batch_size),
     )
     loaders = [
-        _loader(dataset, cfg, device, batch_sampler=SeededBatches(len(dataset), size, _mix(seed, k), start))
+        _loader(dataset, cfg, device, batch_sampler=SeededBatches(len(dataset), size, _mix(seed, k), start, rank, world))
         for k, (dataset, size) in enumerate(streams)
     ]
     return _batches(*loaders)

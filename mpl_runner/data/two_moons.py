@@ -43,8 +43,11 @@ def _rows(n: int, batch_size: int | None, device: torch.device) -> torch.Tensor 
     return torch.randint(n, (batch_size,), device=device)
 
 
-def _batches(x: torch.Tensor, x_l: torch.Tensor, y_l: torch.Tensor, cfg, start: int = 0) -> Iterator[Batch]:
-    """Batches drawn from the global RNG: a checkpoint restores its state, so ``start`` needs nothing more."""
+def _batches(
+    x: torch.Tensor, x_l: torch.Tensor, y_l: torch.Tensor, cfg, start: int = 0, rank: int = 0, world: int = 1
+) -> Iterator[Batch]:
+    """Global batches drawn from the global RNG (a checkpoint restores its state, so ``start`` needs nothing
+    more), every rank drawing the same, then cut to this rank's share."""
     while True:
         rows = _rows(len(x_l), cfg.labeled_batch_size, x.device)
         xl, yl = (x_l, y_l) if rows is None else (x_l[rows], y_l[rows])
@@ -55,7 +58,7 @@ def _batches(x: torch.Tensor, x_l: torch.Tensor, y_l: torch.Tensor, cfg, start: 
             y_l=yl,
             x_uw=xu + cfg.weak_jitter * torch.randn_like(xu) if cfg.weak_jitter > 0 else xu,
             x_us=xu + cfg.strong_jitter * torch.randn_like(xu) if cfg.strong_jitter > 0 else xu,
-        )
+        ).shard(rank, world)
 
 
 def build(cfg, device: torch.device) -> SSLData:

@@ -11,6 +11,9 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from mpl_runner.distributed import World
 
 from mpl_runner.methods.optim import build_optimizer, build_scheduler
 
@@ -28,6 +31,23 @@ class Method:
         self.scalers: dict[str, torch.amp.GradScaler] = {}  # fp16 only: set by enable_grad_scaling()
         self.skip_nonfinite = False  # trainer.skip_nonfinite: drop updates with a non-finite loss or gradient
         self.skipped: dict[str, int] = {}  # updates dropped so, per model
+        self.world = World()  # set by distribute(): the ranks this method trains on
+        self.nets: dict[str, nn.Module] = {}  # DistributedDataParallel wrappers, set by distribute()
+
+    def distribute(self, world: World, device: torch.device, sync_batchnorm: bool = False) -> None:
+        """Train on every rank of ``world``: each trained model gets a DistributedDataParallel wrapper (which
+        averages gradients over ranks) for the forward passes that are backpropagated; ``models`` stay the plain
+        modules (state dicts, evaluation, no-grad forwards)."""
+        self.world = world
+        for name, model in self.models.items():
+            if sync_batchnorm:  # swaps the BN layers in place; their parameters, which the optimizer holds, stay
+                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+                self.models[name] = model
+            self.nets[name] = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    def net(self, name: str) -> nn.Module:
+        """Model ``name`` for a forward pass that will be backpropagated (its DDP wrapper on several ranks)."""
+        return self.nets.get(name, self.models[name])
 
     def enable_grad_scaling(self, device: torch.device) -> None:
         """fp16 autocast: one gradient scaler per trained model."""

@@ -82,7 +82,7 @@ class MPL(Method):
         if step >= self.mpl_steps:
             return self._finetune_step(batch)
         # 1-2. Teacher forward on (x_l, x_uw, x_us); supervised and UDA losses.
-        t_logits_us, loss_sup, loss_uda, mask = teacher_losses(self.teacher, batch, self.cfg, step)
+        t_logits_us, loss_sup, loss_uda, mask = teacher_losses(self.net("teacher"), batch, self.cfg, step)
         stats = {"teacher/loss_sup": loss_sup.detach(), "teacher/loss_uda": loss_uda.detach(), "uda/mask": mask}
 
         if step < self.cfg.student_wait_steps:  # the student has not started: no feedback yet
@@ -104,12 +104,13 @@ class MPL(Method):
         pseudo = self.pseudo_labels(t_logits_us.detach())
         rng = rng_snapshot(batch.x_l.device)
         old = self.student_labeled_loss(batch, rng)
-        loss_student = F.cross_entropy(self.student(batch.x_us), pseudo, label_smoothing=self.cfg.label_smoothing)
+        loss_student = F.cross_entropy(self.net("student")(batch.x_us), pseudo, label_smoothing=self.cfg.label_smoothing)
         self.update("student", loss_student)
         self._update_ema()
-        # 5-6. The updated student's labeled loss (same dropout masks as for old); the feedback coefficient.
+        # 5-6. The updated student's labeled loss (same dropout masks as for old); the feedback coefficient, from
+        # losses averaged over ranks, so every rank gives its teacher the same coefficient.
         new = self.student_labeled_loss(batch, rng)
-        h = self.feedback(old, new)
+        h = self.feedback(self.world.mean(old), self.world.mean(new))
         # Not CE(stop_grad(softmax(z)), z), whose gradient in z is 0: the target is the sampled/argmax label.
         loss_mpl = h * F.cross_entropy(t_logits_us, pseudo)
         return loss_mpl, {"student/loss": loss_student.detach(), "mpl/h": h, "mpl/baseline": self.baseline.clone()}
@@ -128,7 +129,7 @@ class MPL(Method):
 
     def _finetune_step(self, batch):
         """After MPL: the student alone on the labeled batch (the paper's finetuning)."""
-        loss = F.cross_entropy(self.student(batch.x_l), batch.y_l, label_smoothing=self.cfg.label_smoothing)
+        loss = F.cross_entropy(self.net("student")(batch.x_l), batch.y_l, label_smoothing=self.cfg.label_smoothing)
         self.finetune_optimizer.zero_grad(set_to_none=True)
         if not self.skips("student", loss):
             loss.backward()

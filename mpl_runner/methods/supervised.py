@@ -16,6 +16,6 @@ class Supervised(Method):
         self.model = self.add_model("model", make_model())
 
     def train_step(self, batch, step: int):
-        loss = F.cross_entropy(self.model(batch.x_l), batch.y_l, label_smoothing=self.cfg.label_smoothing)
+        loss = F.cross_entropy(self.net("model")(batch.x_l), batch.y_l, label_smoothing=self.cfg.label_smoothing)
         self.update("model", loss)
         return {"model/loss": loss.detach()}

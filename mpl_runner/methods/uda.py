@@ -35,7 +35,7 @@ class UDA(Method):
         self.teacher = self.add_model("teacher", make_model())
 
     def train_step(self, batch, step: int):
-        _, loss_sup, loss_uda, mask = teacher_losses(self.teacher, batch, self.cfg, step)
+        _, loss_sup, loss_uda, mask = teacher_losses(self.net("teacher"), batch, self.cfg, step)
         loss = loss_sup + loss_uda
         self.update("teacher", loss)
         return {

@@ -1,0 +1,86 @@
+"""Several processes, one run: ``torchrun --nproc_per_node=N -m mpl_runner ...`` with PyTorch's own
+DistributedDataParallel. Every rank computes on its shard of the global batch; rank 0 alone writes.
+
+Outside torchrun (no ``WORLD_SIZE`` in the environment) everything here is a no-op for one process.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import datetime
+
+import torch
+import torch.distributed as dist
+
+#: the time stamp every rank puts in its run dir name (Hydra's ${now:} is per process: hydra#2070)
+STAMP_ENV = "MPL_RUN_STAMP"
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+    def mean(self, value: torch.Tensor) -> torch.Tensor:
+        """The average of ``value`` over ranks (a new tensor; autograd does not flow through it)."""
+        if not self.distributed:
+            return value
+        value = value.detach().clone()
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+        return value / self.size
+
+    def max(self, value: torch.Tensor) -> torch.Tensor:
+        if not self.distributed:
+            return value
+        value = value.detach().clone()
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return value
+
+    def any(self, flag: bool, device: torch.device) -> bool:
+        """True on every rank if ``flag`` is true on one."""
+        if not self.distributed:
+            return flag
+        value = torch.tensor(int(flag), device=device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value)
+
+
+def world_from_env() -> World:
+    """The world torchrun describes in the environment (one process without it)."""
+    return World(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+                 int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def start(world: World) -> None:
+    """Join the process group (NCCL on CUDA, gloo on the CPU) and agree on the run dir's time stamp."""
+    if not world.distributed or dist.is_initialized():
+        return
+    backend = "nccl" if torch.cuda.is_available() and os.environ.get("MPL_DIST_BACKEND") != "gloo" else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(world.local_rank)
+    dist.init_process_group(backend)
+    stamp = [datetime.now().isoformat() if world.is_main else None]
+    dist.broadcast_object_list(stamp, src=0)
+    os.environ[STAMP_ENV] = stamp[0]
+
+
+def stop() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def now(pattern: str) -> str:
+    """``${mpl.now:<pattern>}``: Hydra's ``${now:}`` (cached per config like it), but under torchrun the time stamp
+    rank 0 broadcast, so every rank names the same run dir."""
+    stamp = os.environ.get(STAMP_ENV)
+    return (datetime.fromisoformat(stamp) if stamp else datetime.now()).strftime(pattern)
