@@ -28,12 +28,12 @@ from mpl_runner.logging import flatten
 FORMAT = "mpl-runner checkpoint 1"
 RELATIVE_PATH = Path("checkpoints") / "last.pt"
 
-#: keys that may differ between the run that wrote a checkpoint and the one resuming it: where things are and
-#: how the run is watched, nothing that changes what is computed (the data streams do not depend on workers).
+#: keys that may differ between the run that wrote a checkpoint and the one resuming it: where things are, how
+#: the run is watched, and speed switches that compute the same thing (the data streams do not depend on workers).
 FREE_KEYS = (
     "device", "trainer.resume", "trainer.auto_resume", "trainer.progress", "trainer.progress_interval",
-    "trainer.checkpoint_interval", "dataset.root", "dataset.download", "dataset.num_workers", "dataset.pin_memory",
-    "dataset.persistent_workers",
+    "trainer.checkpoint_interval", "trainer.num_threads", "trainer.compile", "trainer.channels_last",
+    "dataset.root", "dataset.download", "dataset.num_workers", "dataset.pin_memory", "dataset.persistent_workers",
 )
 
 

@@ -138,6 +138,7 @@ class TrainerConfig:
     resume: Optional[str] = None  # a run dir: go on from its checkpoint, in that dir
     auto_resume: bool = True  # a run dir that already holds a checkpoint (a requeued job) goes on from it
     skip_nonfinite: bool = False  # drop (and count) updates whose loss or gradient is not finite, instead of stopping
+    compile: bool = False  # torch.compile the trained forward passes (teacher, student)
     sync_batchnorm: bool = False  # under torchrun: batch-norm statistics over the global batch (SyncBatchNorm)
 
 

@@ -1,5 +1,6 @@
-"""Several processes, one run: ``torchrun --nproc_per_node=N -m mpl_runner ...`` with PyTorch's own
-DistributedDataParallel. Every rank computes on its shard of the global batch; rank 0 alone writes.
+"""Several processes, one run: ``torchrun --nproc_per_node=N -m mpl_runner ...``, or a SLURM job with several
+tasks through hydra-submitit-launcher, with PyTorch's own DistributedDataParallel. Every rank computes on its
+share of the global batch; rank 0 alone writes.
 
 Outside torchrun (no ``WORLD_SIZE`` in the environment) everything here is a no-op for one process.
 """
@@ -56,7 +57,13 @@ class World:
 
 
 def world_from_env() -> World:
-    """The world torchrun describes in the environment (one process without it)."""
+    """The world torchrun describes in the environment, or a submitit job with several tasks (the SLURM launcher
+    with ``tasks_per_node`` > 1); one process without either."""
+    if "WORLD_SIZE" not in os.environ and "SUBMITIT_EXECUTOR" in os.environ:
+        import submitit  # (hydra-submitit-launcher's dependency; imported only inside a submitit job)
+
+        job = submitit.JobEnvironment()
+        return World(job.global_rank, job.num_tasks, job.local_rank)
     return World(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
                  int(os.environ.get("LOCAL_RANK", 0)))
 
@@ -65,6 +72,11 @@ def start(world: World) -> None:
     """Join the process group (NCCL on CUDA, gloo on the CPU) and agree on the run dir's time stamp."""
     if not world.distributed or dist.is_initialized():
         return
+    if "MASTER_ADDR" not in os.environ and "SUBMITIT_EXECUTOR" in os.environ:
+        import submitit
+
+        # MASTER_ADDR (the job's first host), MASTER_PORT (from the job id), RANK, WORLD_SIZE, LOCAL_RANK
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
     backend = "nccl" if torch.cuda.is_available() and os.environ.get("MPL_DIST_BACKEND") != "gloo" else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(world.local_rank)

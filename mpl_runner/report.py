@@ -23,6 +23,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf.errors import OmegaConfBaseException
 
+from mpl_runner.distributed import world_from_env
 from mpl_runner.files import atomic_write_bytes
 
 METRIC = "test/acc"
@@ -144,7 +145,7 @@ class SweepReport(Callback):
         Path(sweep_dir).mkdir(parents=True, exist_ok=True)
 
     def on_job_end(self, config: Any, job_return: Any = None, **kwargs: Any) -> None:
-        if config.hydra.mode == RunMode.MULTIRUN:
+        if config.hydra.mode == RunMode.MULTIRUN and world_from_env().is_main:
             self.on_multirun_end(config)
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:

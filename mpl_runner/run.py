@@ -129,6 +129,8 @@ def execute(cfg: DictConfig, run_dir: Path) -> Trained:
     method.skip_nonfinite = cfg.trainer.skip_nonfinite
     if world.distributed:
         method.distribute(world, device, cfg.trainer.sync_batchnorm)
+    if cfg.trainer.compile:
+        method.compile()
     start = Start()
     checkpoint_path = run_dir / checkpoint.RELATIVE_PATH
     if state is not None:
@@ -229,6 +231,7 @@ def hydra_main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     before = _stat(run_dir / "metrics.json")
+    distributed.start(world_from_env())  # a SLURM job with several tasks (under torchrun, cli() started it)
     if not world_from_env().is_main:
         quiet_logging()
     if hydra_cfg.mode == RunMode.MULTIRUN and cfg.trainer.resume is not None:

@@ -45,6 +45,12 @@ class Method:
                 self.models[name] = model
             self.nets[name] = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
+    def compile(self) -> None:
+        """``torch.compile`` the forward passes that are trained (after :meth:`distribute`, as PyTorch advises for
+        DDP); ``models`` stay the plain modules, so state dicts keep their keys."""
+        for name in self.models:
+            self.nets[name] = torch.compile(self.net(name))
+
     def net(self, name: str) -> nn.Module:
         """Model ``name`` for a forward pass that will be backpropagated (its DDP wrapper on several ranks)."""
         return self.nets.get(name, self.models[name])
