@@ -1,18 +1,20 @@
-"""Images/s of one training step of WRN-28-2 (supervised and MPL), by precision and memory layout.
+"""Images/s of one training step of WRN-28-2 (supervised and MPL), by precision, memory layout and compile.
 
     python scripts/bench_cifar_step.py [--device cpu|cuda] [--batch 8] [--mu 7] [--steps 5] [--out FILE]
+    torchrun --nproc_per_node=2 scripts/bench_cifar_step.py --out docs/bench_cifar_step_2proc.json   # DDP
 
 The step is the real method code (``mpl_runner.methods``) on random 32 x 32 images already on the device, so
-this measures compute, not data loading. Images per step count every view a step processes:
-supervised B, MPL B + 2 * mu * B (labeled, weak and strong unlabeled views). Rows: fp32 / bf16 autocast x
-contiguous / channels_last; the speed-up column is against fp32 contiguous of the same method in the same run.
+this measures compute, not data loading. Images per step count every view a step processes, over all ranks:
+supervised B, MPL B + 2 * mu * B (labeled, weak and strong unlabeled views); under torchrun each rank takes its
+share of that global batch through DistributedDataParallel, as ``mpl-run`` does. Rows: fp32 / bf16 autocast x
+contiguous / channels_last x eager / torch.compile; the speed-up column is against fp32 contiguous eager of the
+same method in the same run. ``--settings`` picks rows, e.g. ``--settings fp32 fp32+cl fp32+compile``.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import statistics
 import time
 from pathlib import Path
@@ -20,13 +22,22 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from mpl_runner import distributed
 from mpl_runner.config import MPLConfig, OptimConfig, SupervisedConfig, UDAConfig, WideResNetConfig
 from mpl_runner.data import Batch
+from mpl_runner.distributed import World, world_from_env
 from mpl_runner.engine import autocast
+from mpl_runner.files import atomic_write_json
 from mpl_runner.methods import build_method
 from mpl_runner.models import build_model
 
-SETTINGS = [("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True)]
+SETTINGS = ["fp32", "fp32+cl", "fp32+compile", "fp32+cl+compile", "bf16", "bf16+cl"]
+
+
+def parse_setting(setting: str) -> tuple[str, bool, bool]:
+    """``"bf16+cl+compile"`` -> (amp, channels_last, compile)."""
+    amp, *switches = setting.split("+")
+    return amp, "cl" in switches, "compile" in switches
 
 
 def method_config(name: str):
@@ -35,8 +46,10 @@ def method_config(name: str):
     return OmegaConf.structured(MPLConfig(uda=UDAConfig(weight=8.0, temperature=0.7, threshold=0.6)))
 
 
-def setup(method_name: str, channels_last: bool, device, batch: int, mu: int):
-    """A WRN-28-2 method and one batch of random images (B labeled, mu * B unlabeled), both on ``device``."""
+def setup(method_name: str, channels_last: bool, device, batch: int, mu: int, compile: bool = False,
+          world: World = World()):
+    """A WRN-28-2 method and this rank's share of one batch of random images (B labeled, mu * B unlabeled), both
+    on ``device``."""
     torch.manual_seed(0)
     fmt = torch.channels_last if channels_last else torch.preserve_format
     model_cfg = OmegaConf.structured(WideResNetConfig())
@@ -45,18 +58,21 @@ def setup(method_name: str, channels_last: bool, device, batch: int, mu: int):
         method_config(method_name), optim_cfg, 1000,
         lambda: build_model(model_cfg, (3, 32, 32), 10).to(device, memory_format=fmt),
     )
+    if world.distributed:
+        method.distribute(world, device)
+    if compile:
+        method.compile()
     x_u = torch.randn(mu * batch, 3, 32, 32)
-    data = Batch(torch.randn(batch, 3, 32, 32), torch.randint(10, (batch,)), x_u, x_u.flip(3)).to(
-        device, channels_last=channels_last
-    )
-    return method, data
+    data = Batch(torch.randn(batch, 3, 32, 32), torch.randint(10, (batch,)), x_u, x_u.flip(3))
+    return method, data.shard(world.rank, world.size).to(device, channels_last=channels_last)
 
 
-def seconds_per_step(method_name: str, amp: str, channels_last: bool, device, batch: int, mu: int, steps: int):
-    method, data = setup(method_name, channels_last, device, batch, mu)
+def seconds_per_step(method_name: str, setting: str, device, batch: int, mu: int, steps: int, world: World):
+    amp, channels_last, compile = parse_setting(setting)
+    method, data = setup(method_name, channels_last, device, batch, mu, compile, world)
     images = batch if method_name == "supervised" else batch + 2 * mu * batch
     times = []
-    for step in range(steps + 2):  # two warm-up steps
+    for step in range(steps + 3):  # three warm-up steps (compilation happens there)
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
@@ -65,7 +81,7 @@ def seconds_per_step(method_name: str, amp: str, channels_last: bool, device, ba
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
-    seconds = statistics.median(times[2:])
+    seconds = statistics.median(times[3:])
     return seconds, images / seconds
 
 
@@ -91,40 +107,47 @@ def main() -> None:
     parser.add_argument("--methods", nargs="*", default=["supervised", "mpl"])
     parser.add_argument("--out", type=Path, default=Path("docs/bench_cifar_step.json"))
     parser.add_argument("--profile", action="store_true", help="print a profile of one MPL step and exit")
+    parser.add_argument("--settings", nargs="*", default=SETTINGS, help="precision[+cl][+compile] per row")
     args = parser.parse_args()
+    world = world_from_env()
+    distributed.start(world)
     if args.profile:
         print(profile_mpl_step(torch.device(args.device), args.batch, args.mu, channels_last=True))
         return
-    device = torch.device(args.device)
+    device = torch.device("cuda", world.local_rank) if args.device == "cuda" and world.distributed else torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    name += f" x {world.size} processes (DDP)" if world.distributed else ""
+    say = print if world.is_main else (lambda *a, **k: None)
 
     rows = []
     for method_name in args.methods:
         base = None
-        for amp, channels_last in SETTINGS:
-            seconds, images_per_s = seconds_per_step(
-                method_name, amp, channels_last, device, args.batch, args.mu, args.steps
-            )
+        for setting in args.settings:
+            seconds, images_per_s = seconds_per_step(method_name, setting, device, args.batch, args.mu, args.steps,
+                                                     world)
             base = base or seconds
-            rows.append({"method": method_name, "amp": amp, "channels_last": channels_last,
-                         "seconds_per_step": seconds, "images_per_s": images_per_s, "speedup": base / seconds})
-            print(f"{method_name:10s} {amp} channels_last={channels_last!s:5s}  {seconds:.3f} s/step  "
-                  f"{images_per_s:8.1f} images/s  {base / seconds:.2f}x", flush=True)
+            amp, channels_last, compile = parse_setting(setting)
+            rows.append({"method": method_name, "amp": amp, "channels_last": channels_last, "compile": compile,
+                         "processes": world.size, "seconds_per_step": seconds, "images_per_s": images_per_s,
+                         "speedup": base / seconds})
+            say(f"{method_name:10s} {setting:16s} {seconds:.3f} s/step  {images_per_s:8.1f} images/s  "
+                f"{base / seconds:.2f}x", flush=True)
 
     meta = {"date": datetime.date.today().isoformat(), "device": name, "torch": torch.__version__,
-            "batch": args.batch, "mu": args.mu, "steps": args.steps}
-    print(f"\n{meta['date']}, {name}, torch {meta['torch']}, B={args.batch}, mu={args.mu}, median of {args.steps}")
-    print("| method | precision | layout | s/step | images/s | speed-up |")
-    print("|---|---|---|---:|---:|---:|")
+            "batch": args.batch, "mu": args.mu, "steps": args.steps, "processes": world.size}
+    say(f"\n{meta['date']}, {name}, torch {meta['torch']}, B={args.batch}, mu={args.mu}, median of {args.steps}")
+    say("| method | processes | precision | layout | compile | s/step | images/s | speed-up |")
+    say("|---|---:|---|---|---|---:|---:|---:|")
     for r in rows:
         layout = "channels_last" if r["channels_last"] else "contiguous"
-        print(f"| {r['method']} | {r['amp']} | {layout} | {r['seconds_per_step']:.3f} | {r['images_per_s']:.0f} | "
-              f"{r['speedup']:.2f}x |")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
-    print(f"wrote {args.out}")
+        say(f"| {r['method']} | {r['processes']} | {r['amp']} | {layout} | {'yes' if r['compile'] else 'no'} | "
+            f"{r['seconds_per_step']:.3f} | {r['images_per_s']:.0f} | {r['speedup']:.2f}x |")
+    if world.is_main:
+        atomic_write_json(args.out, {**meta, "rows": rows})
+        say(f"wrote {args.out}")
+    distributed.stop()
 
 
 if __name__ == "__main__":

@@ -42,3 +42,11 @@ def test_metrics_json_matches_the_returned_record(make_cfg, tmp_path):
     record = run(make_cfg("device=cpu", "method=supervised", *TINY), tmp_path)
     assert json.loads((tmp_path / "metrics.json").read_text()) == record
     assert record["handed_out"] == "model" and record["test/acc"] == record["test/model/acc"]
+
+
+@pytest.mark.slow  # compiling takes about 20 s on this CPU
+def test_compiled_models_train_as_eager_ones_do(make_cfg, tmp_path):
+    eager = run(make_cfg("device=cpu", *TINY), tmp_path / "eager")
+    compiled = run(make_cfg("device=cpu", "trainer.compile=true", *TINY), tmp_path / "compiled")
+    for key in ("test/teacher/acc", "test/student/acc", "all/acc"):
+        assert abs(compiled[key] - eager[key]) <= 0.01, key  # fused kernels round differently; same training
