@@ -134,7 +134,7 @@ class TrainerConfig:
     channels_last: bool = False  # NHWC memory layout for image models and batches
     progress: bool = True  # one console line per evaluation
     progress_interval: Optional[int] = None  # also a line (losses, speed) every N steps; None: evaluations only
-    checkpoint_interval: Optional[int] = 100  # checkpoints/last.pt every N steps (None: only at the end), and on SIGTERM
+    checkpoint_interval: Optional[int] = 100  # checkpoints/last.pt every N steps (None: at the end only); on SIGTERM
     resume: Optional[str] = None  # a run dir: go on from its checkpoint, in that dir
     auto_resume: bool = True  # a run dir that already holds a checkpoint (a requeued job) goes on from it
     skip_nonfinite: bool = False  # drop (and count) updates whose loss or gradient is not finite, instead of stopping

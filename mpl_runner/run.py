@@ -82,7 +82,9 @@ def _resume_state(cfg: DictConfig, run_dir: Path, device: torch.device) -> dict 
     path = run_dir / checkpoint.RELATIVE_PATH
     if cfg.trainer.resume is not None:
         if Path(cfg.trainer.resume).resolve() != run_dir.resolve():
-            raise ConfigError("trainer.resume", cfg.trainer.resume, f"the run dir ({run_dir}); leave hydra.run.dir unset")
+            raise ConfigError(
+                "trainer.resume", cfg.trainer.resume, f"the run dir ({run_dir}); leave hydra.run.dir unset"
+            )
         if not path.is_file():
             raise checkpoint.CheckpointError(f"trainer.resume={cfg.trainer.resume}: there is no {path}")
     elif not (cfg.trainer.auto_resume and path.is_file()):

@@ -112,7 +112,9 @@ def validate_dataset(cfg) -> None:
         if not 0 <= data.randaugment_num_ops <= 14:
             raise ConfigError("dataset.randaugment_num_ops", data.randaugment_num_ops, "0 to 14 (RandAugment's ops)")
         if not 0 <= data.randaugment_magnitude <= 30:
-            raise ConfigError("dataset.randaugment_magnitude", data.randaugment_magnitude, "0 to 30 (torchvision's scale)")
+            raise ConfigError(
+                "dataset.randaugment_magnitude", data.randaugment_magnitude, "0 to 30 (torchvision's scale)"
+            )
         fraction(cfg, "dataset.cutout_probability", closed=True)
         low_high = list(data.cutout_scale)
         if len(low_high) != 2 or not 0 <= low_high[0] <= low_high[1] <= 1:

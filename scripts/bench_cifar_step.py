@@ -114,7 +114,9 @@ def main() -> None:
     if args.profile:
         print(profile_mpl_step(torch.device(args.device), args.batch, args.mu, channels_last=True))
         return
-    device = torch.device("cuda", world.local_rank) if args.device == "cuda" and world.distributed else torch.device(args.device)
+    device = torch.device(args.device)
+    if device.type == "cuda" and world.distributed:
+        device = torch.device("cuda", world.local_rank)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"

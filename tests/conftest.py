@@ -34,3 +34,10 @@ def mpl_run(*args: str, cwd: Path, timeout: float = 300) -> subprocess.Completed
         [sys.executable, "-m", "mpl_runner", *args], cwd=cwd, env=env, capture_output=True, text=True,
         timeout=timeout,
     )
+
+
+def completed_run(cwd: Path, *args: str) -> Path:
+    """``mpl-run *args`` into ``cwd/run``, which it returns; the calling test fails unless the run completes."""
+    result = mpl_run(*args, "hydra.run.dir=run", cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    return cwd / "run"

@@ -121,7 +121,7 @@ CASES = {
     "no data": (cifar(lambda folder: shutil.rmtree(folder)), "dataset.root"),
     "truncated batch": (cifar(truncate("data_batch_3")), "data_batch_3 is truncated or not a CIFAR-10 pickle"),
     "missing batch": (cifar(lambda folder: (folder / "test_batch").unlink()), "test_batch is missing"),
-    "batch of wrong shape": (cifar(repickle("data_batch_1", {b"data": np.zeros((5, 10), np.uint8), b"labels": [0] * 5})),
+    "batch of wrong shape": (cifar(repickle("data_batch_1", {b"data": np.zeros((5, 10), np.uint8), b"labels": [0]})),
                              "data_batch_1 holds data of shape (5, 10)"),
     "batch that runs code": (cifar(repickle("data_batch_2", RunsCode())), "data_batch_2 is truncated or not a"),
     "cifar labels not per class": (cifar(lambda folder: None, "dataset.num_labeled=25"),

@@ -65,8 +65,8 @@ def test_a_checkpoint_restores_a_method_that_then_takes_the_same_steps(make_cfg,
     again = [fresh.train_step(_batch(step), step) for step in (3, 4)]
     assert [{k: float(v) for k, v in s.items()} for s in again] == [{k: float(v) for k, v in s.items()} for s in after]
     for name in ("teacher", "student", "student_ema"):
-        for a, b in zip(method.eval_models()[name].state_dict().values(), fresh.eval_models()[name].state_dict().values()):
-            assert torch.equal(a, b)
+        before, after = method.eval_models()[name].state_dict(), fresh.eval_models()[name].state_dict()
+        assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     assert torch.equal(method.baseline, fresh.baseline)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import mpl_run
+from conftest import completed_run
 from test_cifar10_data import write_fake_cifar10
 from test_resume import interrupt, scalars, start
 from test_cifar10_run import TINY_CIFAR
@@ -50,10 +50,7 @@ def assert_close(run: Path, reference: Path) -> None:
 
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory) -> Path:
-    cwd = tmp_path_factory.mktemp("one")
-    result = mpl_run(*TWO_MOONS, "hydra.run.dir=run", cwd=cwd)
-    assert result.returncode == 0, result.stderr
-    return cwd / "run"
+    return completed_run(tmp_path_factory.mktemp("one"), *TWO_MOONS)
 
 
 def test_two_processes_train_as_one_does_at_the_same_global_batch(tmp_path, one_process):

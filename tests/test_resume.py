@@ -17,7 +17,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import mpl_run
+from conftest import completed_run, mpl_run
 from test_cifar10_data import write_fake_cifar10
 
 TIMING = {"train_seconds", "wall_seconds"}
@@ -76,10 +76,7 @@ def assert_same_run(resumed: Path, baseline: Path) -> None:
 @pytest.fixture(scope="module")
 def baseline(tmp_path_factory) -> Path:
     """Two moons, uninterrupted."""
-    cwd = tmp_path_factory.mktemp("baseline")
-    result = mpl_run(*TWO_MOONS, "hydra.run.dir=run", cwd=cwd)
-    assert result.returncode == 0, result.stderr
-    return cwd / "run"
+    return completed_run(tmp_path_factory.mktemp("baseline"), *TWO_MOONS)
 
 
 def test_sigkill_then_trainer_resume_gives_the_same_run(tmp_path, baseline):

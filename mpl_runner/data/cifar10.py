@@ -262,10 +262,9 @@ def train_stream(
         (labeled_set, cfg.labeled_batch_size),
         (unlabeled_set, cfg.unlabeled_ratio * cfg.labeled_batch_size),
     )
-    loaders = [
-        _loader(dataset, cfg, device, batch_sampler=SeededBatches(len(dataset), size, _mix(seed, k), start, rank, world))
-        for k, (dataset, size) in enumerate(streams)
-    ]
+    samplers = [SeededBatches(len(dataset), size, _mix(seed, k), start, rank, world)
+                for k, (dataset, size) in enumerate(streams)]
+    loaders = [_loader(dataset, cfg, device, batch_sampler=sampler) for (dataset, _), sampler in zip(streams, samplers)]
     return _batches(*loaders)
 
 

@@ -43,7 +43,8 @@ class Method:
             if sync_batchnorm:  # swaps the BN layers in place; their parameters, which the optimizer holds, stay
                 model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
                 self.models[name] = model
-            self.nets[name] = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+            device_ids = [device.index] if device.type == "cuda" else None
+            self.nets[name] = DistributedDataParallel(model, device_ids=device_ids)
 
     def compile(self) -> None:
         """``torch.compile`` the forward passes that are trained (after :meth:`distribute`, as PyTorch advises for

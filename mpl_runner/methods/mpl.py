@@ -104,7 +104,8 @@ class MPL(Method):
         pseudo = self.pseudo_labels(t_logits_us.detach())
         rng = rng_snapshot(batch.x_l.device)
         old = self.student_labeled_loss(batch, rng)
-        loss_student = F.cross_entropy(self.net("student")(batch.x_us), pseudo, label_smoothing=self.cfg.label_smoothing)
+        s_logits_us = self.net("student")(batch.x_us)
+        loss_student = F.cross_entropy(s_logits_us, pseudo, label_smoothing=self.cfg.label_smoothing)
         self.update("student", loss_student)
         self._update_ema()
         # 5-6. The updated student's labeled loss (same dropout masks as for old); the feedback coefficient, from
