@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import completed_run
+from conftest import completed_run, mpl_run
 from test_cifar10_data import write_fake_cifar10
 from test_resume import interrupt, scalars, start
 from test_cifar10_run import TINY_CIFAR
@@ -82,3 +82,16 @@ def test_tiny_cifar_on_two_processes(tmp_path):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["world_size"] == 2
     assert (run_dir / "checkpoints" / "last.pt").exists() and (run_dir / "pseudo_labels.png").exists()
+
+
+def test_a_submitit_job_with_two_tasks_trains_with_ddp(tmp_path):
+    """What hydra/launcher=slurm_ddp does on a cluster, with submitit's local executor: one job, two tasks."""
+    sweep = tmp_path / "sweep"
+    result = mpl_run("-m", "hydra/launcher=local_submitit", "hydra.launcher.tasks_per_node=2", *TWO_MOONS,
+                     f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    job = sweep / "0"
+    metrics = json.loads((job / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["world_size"] == 2
+    assert len(list(job.glob("events.out.tfevents.*"))) == 1 and not list((job / ".hydra").glob("resumed_*"))
+    assert len(list(sweep.glob(".submitit/*/*_1_log.out"))) == 1  # the second task ran
