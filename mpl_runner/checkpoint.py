@@ -9,6 +9,7 @@ the RNG state (see :mod:`mpl_runner.data`). Files are written atomically and rea
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import pickle
 import random
@@ -19,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from mpl_runner.errors import UserError
 from mpl_runner.files import atomic_write_bytes
@@ -111,10 +112,26 @@ def load(path: Path, device: torch.device) -> dict[str, Any]:
     return state
 
 
+def _schema_default(cfg: DictConfig, key: str) -> Any:
+    """The schema's default for ``key`` as :func:`identity` writes values, or None where the schema has none."""
+    parent_key, _, name = key.rpartition(".")
+    schema = OmegaConf.get_type(OmegaConf.select(cfg, parent_key) if parent_key else cfg)
+    fields = {f.name: f for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else {}
+    if name not in fields or fields[name].default is dataclasses.MISSING:
+        return None
+    default = fields[name].default
+    return default if isinstance(default, (bool, int, float, str)) else str(default)
+
+
 def check_config(state: dict[str, Any], cfg: DictConfig, path: Path) -> None:
-    """Refuse a checkpoint written by a config that computes something else; name the keys that differ."""
+    """Refuse a checkpoint written by a config that computes something else; name the keys that differ. A key the
+    checkpoint does not know (added to the schema since) passes while it holds its default."""
     theirs, ours = state["config"], identity(cfg)
-    differ = sorted(k for k in theirs.keys() | ours.keys() if theirs.get(k, "(absent)") != ours.get(k, "(absent)"))
+    differ = sorted(
+        k for k in theirs.keys() | ours.keys()
+        if theirs.get(k, "(absent)") != ours.get(k, "(absent)")
+        and not (k not in theirs and ours[k] == _schema_default(cfg, k))
+    )
     if differ:
         shown = ", ".join(f"{k}={ours.get(k, '(absent)')!r} here but {theirs.get(k, '(absent)')!r} there"
                           for k in differ[:3])

@@ -98,6 +98,18 @@ def test_free_keys_may_differ_and_others_may_not(make_cfg, tmp_path):
         checkpoint.check_config(state, other, path)
 
 
+def test_a_key_added_since_the_checkpoint_passes_at_its_default(make_cfg, tmp_path):
+    cfg, method = _method(make_cfg)
+    path = tmp_path / "last.pt"
+    checkpoint.save(path, 1, cfg, method, {})
+    state = checkpoint.load(path, torch.device("cpu"))
+    del state["config"]["trainer.skip_nonfinite"]  # as written by a version without that key
+    checkpoint.check_config(state, cfg, path)
+    changed = make_cfg("method.ema_decay=0.9", "method.baseline_decay=0.5", "trainer.skip_nonfinite=true")
+    with pytest.raises(checkpoint.CheckpointError, match="trainer.skip_nonfinite=True here but '\\(absent\\)' there"):
+        checkpoint.check_config(state, changed, path)
+
+
 def test_watch_names_the_first_non_finite_step():
     watch = NonFiniteWatch(torch.device("cpu"))
     watch.observe(1, {"a": torch.tensor(1.0)})
