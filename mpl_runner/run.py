@@ -152,8 +152,10 @@ def execute(cfg: DictConfig, run_dir: Path) -> Trained:
     log.info(f"{cfg.method.name} on {cfg.dataset.name} ({len(data.labeled_indices)} labeled), {device}{ranks}; "
              f"precision {amp}; parameters: {sizes}; run dir {run_dir}")
 
-    # Events an earlier attempt logged after the checkpoint's step are dropped (TensorBoard's purge_step).
-    tracker = Tracker(run_dir, purge_step=start.step if state is not None else None, enabled=write)
+    # Events an earlier attempt logged after the checkpoint's step are dropped (TensorBoard's purge_step); a run
+    # that starts over in a dir with events of its own (trainer.auto_resume=false) drops them all.
+    purge = start.step if state is not None else 0 if any(run_dir.glob("events.out.tfevents.*")) else None
+    tracker = Tracker(run_dir, purge_step=purge, enabled=write)
     saved = [start.step if state is not None else None]
 
     def save(step: int, loop: dict) -> None:

@@ -168,3 +168,16 @@ def test_skip_nonfinite_finishes_the_run_and_reports_the_count(make_cfg, tmp_pat
     cfg = make_cfg("method=supervised", "optim.lr=1000", "trainer.steps=50", "trainer.skip_nonfinite=true")
     record = execute(cfg, tmp_path).record
     assert record["status"] == "completed" and record["skipped/model"] > 0
+
+
+def test_starting_over_in_a_used_run_dir_shows_only_the_new_run(make_cfg, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tiny = ["trainer.steps=20", "trainer.log_interval=10", "trainer.eval_interval=10"]
+    execute(make_cfg("method=mpl", *tiny), tmp_path)
+    execute(make_cfg("method=supervised", *tiny, "trainer.auto_resume=false"), tmp_path)
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    shown = {tag for tag in events.Tags()["scalars"] if events.Scalars(tag)}  # (a purged tag stays, empty)
+    assert "train/model/loss" in shown and not any(tag.startswith("train/teacher/") for tag in shown)
+    assert json.loads((tmp_path / "metrics.json").read_text())["method"] == "supervised"
