@@ -124,9 +124,9 @@ def train(
     returns the final metrics (every split, every model).
 
     A checkpoint is taken every ``checkpoint_interval`` steps, at the end, and when SIGTERM or Ctrl-C arrives
-    (which then raises :class:`Interrupted`). It is taken right after the step and before that step's logging
-    and evaluation, so a resumed run redoes those, and TensorBoard, told to drop what an earlier attempt logged
-    from that step on, ends up with every step once.
+    (which then raises :class:`Interrupted`; under DDP at the next log step). It is taken right after the step
+    and before that step's logging and evaluation, so a resumed run redoes those, and TensorBoard, told to drop
+    what an earlier attempt logged from that step on, ends up with every step once.
     """
     start = start or Start()
     world = method.world
@@ -145,7 +145,8 @@ def train(
             done = step + 1
             watch.observe(done, raw)
             log_.count(batch)
-            stopping = world.any(stop.received is not None, device)  # every rank stops at the same step
+            # Under DDP the ranks agree (a collective and a device sync) at log steps only, and all stop there.
+            stopping = (not world.distributed or log_.due(done)) and world.any(stop.received is not None, device)
             checkpoint_due = save is not None and (done == steps or stopping or (interval and done % interval == 0))
             if checkpoint_due or log_.due(done):
                 # Reading the losses synchronises with the device, so it happens only when they are needed.

@@ -218,7 +218,9 @@ def resume_hint(run_dir: Path, mode: RunMode) -> str:
     """The command that goes on from ``run_dir``'s checkpoint."""
     hydra_cfg = HydraConfig.get()
     overrides = [o for o in hydra_cfg.overrides.task if not o.startswith("trainer.resume=")]
-    command = shlex.join(["mpl-run", *overrides, f"trainer.resume={run_dir}"])
+    world = world_from_env()
+    program = ["torchrun", f"--nproc_per_node={world.size}", "-m", "mpl_runner"] if world.distributed else ["mpl-run"]
+    command = shlex.join([*program, *overrides, f"trainer.resume={run_dir}"])
     if mode == RunMode.MULTIRUN:
         return f"{command} (this job alone), or rerun the sweep with hydra.sweep.dir={hydra_cfg.sweep.dir}"
     return command
