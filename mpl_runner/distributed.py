@@ -32,28 +32,26 @@ class World:
     def distributed(self) -> bool:
         return self.size > 1
 
-    def mean(self, value: torch.Tensor) -> torch.Tensor:
-        """The average of ``value`` over ranks (a new tensor; autograd does not flow through it)."""
+    def _all_reduce(self, value: torch.Tensor, op: dist.ReduceOp) -> torch.Tensor:
+        """``op`` over ranks, into a new tensor (autograd does not flow through it); ``value`` on one process."""
         if not self.distributed:
             return value
         value = value.detach().clone()
-        dist.all_reduce(value, op=dist.ReduceOp.SUM)
-        return value / self.size
+        dist.all_reduce(value, op=op)
+        return value
+
+    def mean(self, value: torch.Tensor) -> torch.Tensor:
+        """The average of ``value`` over ranks."""
+        return self._all_reduce(value, dist.ReduceOp.SUM) / self.size if self.distributed else value
 
     def max(self, value: torch.Tensor) -> torch.Tensor:
-        if not self.distributed:
-            return value
-        value = value.detach().clone()
-        dist.all_reduce(value, op=dist.ReduceOp.MAX)
-        return value
+        return self._all_reduce(value, dist.ReduceOp.MAX)
 
     def any(self, flag: bool, device: torch.device) -> bool:
         """True on every rank if ``flag`` is true on one."""
         if not self.distributed:
             return flag
-        value = torch.tensor(int(flag), device=device)
-        dist.all_reduce(value, op=dist.ReduceOp.MAX)
-        return bool(value)
+        return bool(self.max(torch.tensor(int(flag), device=device)))
 
 
 def world_from_env() -> World:
@@ -69,7 +67,8 @@ def world_from_env() -> World:
 
 
 def start(world: World) -> None:
-    """Join the process group (NCCL on CUDA, gloo on the CPU) and agree on the run dir's time stamp."""
+    """Join the process group and agree on the run dir's time stamp. PyTorch's default backends serve CUDA tensors
+    with NCCL and CPU tensors with gloo, so a CPU run on a machine with GPUs works too."""
     if not world.distributed or dist.is_initialized():
         return
     if "MASTER_ADDR" not in os.environ and "SUBMITIT_EXECUTOR" in os.environ:
@@ -77,10 +76,9 @@ def start(world: World) -> None:
 
         # MASTER_ADDR (the job's first host), MASTER_PORT (from the job id), RANK, WORLD_SIZE, LOCAL_RANK
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-    backend = "nccl" if torch.cuda.is_available() and os.environ.get("MPL_DIST_BACKEND") != "gloo" else "gloo"
-    if backend == "nccl":
+    if torch.cuda.is_available():
         torch.cuda.set_device(world.local_rank)
-    dist.init_process_group(backend)
+    dist.init_process_group()
     stamp = [datetime.now().isoformat() if world.is_main else None]
     dist.broadcast_object_list(stamp, src=0)
     os.environ[STAMP_ENV] = stamp[0]
