@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from mpl_runner.errors import UserError
+from mpl_runner.errors import UserError, one_line
 from mpl_runner.files import atomic_write_bytes
-from mpl_runner.logging import flatten
+from mpl_runner.logging import flatten, hparam_value
 
 FORMAT = "mpl-runner checkpoint 1"
 RELATIVE_PATH = Path("checkpoints") / "last.pt"
@@ -105,7 +105,7 @@ def load(path: Path, device: torch.device) -> dict[str, Any]:
         what = f" ({found.group(1)})" if found else ""
         raise CheckpointError(f"{path} holds objects other than tensors and plain data{what}; not loading it") from err
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as err:
-        raise CheckpointError(f"{path} is truncated or not a checkpoint: {' '.join(str(err).split())[:200]}") from err
+        raise CheckpointError(f"{path} is truncated or not a checkpoint: {one_line(err)[:200]}") from err
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(f"{path} is not an mpl-runner checkpoint (format {found!r}, expected {FORMAT!r})")
@@ -119,8 +119,7 @@ def _schema_default(cfg: DictConfig, key: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else {}
     if name not in fields or fields[name].default is dataclasses.MISSING:
         return None
-    default = fields[name].default
-    return default if isinstance(default, (bool, int, float, str)) else str(default)
+    return hparam_value(fields[name].default)
 
 
 def check_config(state: dict[str, Any], cfg: DictConfig, path: Path) -> None:
@@ -144,5 +143,5 @@ def restore(state: dict[str, Any], method, path: Path) -> None:
     try:
         method.load_state_dict(state["method"])
     except (KeyError, RuntimeError, ValueError) as err:
-        raise CheckpointError(f"{path} does not fit this run's models: {' '.join(str(err).split())[:200]}") from err
+        raise CheckpointError(f"{path} does not fit this run's models: {one_line(err)[:200]}") from err
     set_rng_state(state["rng"])

@@ -195,13 +195,18 @@ class _StepLog:
     def count(self, batch) -> None:
         self.window_images += len(batch.x_l) + len(batch.x_uw) + len(batch.x_us)
 
+    def logs(self, step: int) -> bool:
+        """Whether scalars are written after ``step``."""
+        return step % self.cfg.log_interval == 0 or step == self.cfg.steps
+
     def due(self, step: int) -> bool:
+        """Whether anything after ``step`` reads the losses (scalars or a console line)."""
         every = self.cfg.progress_interval if self.cfg.progress else None
-        return step % self.cfg.log_interval == 0 or step == self.cfg.steps or bool(every and step % every == 0)
+        return self.logs(step) or bool(every and step % every == 0)
 
     def after_step(self, step: int, stats: dict[str, float]) -> None:
         cfg, tracker = self.cfg, self.tracker
-        if step % cfg.log_interval == 0 or step == cfg.steps:
+        if self.logs(step):
             tracker.scalars(step, stats, prefix="train/")
             tracker.scalars(step, self.method.lrs(), prefix="lr/")
             if self.method.skip_nonfinite:

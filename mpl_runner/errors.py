@@ -1,6 +1,11 @@
 """Errors a user can act on. The CLI prints them as one line, without a traceback, and exits non-zero."""
 
 
+def one_line(err: BaseException) -> str:
+    """``err`` as ``"Type: message"`` on one line (library messages often span several)."""
+    return " ".join(f"{type(err).__name__}: {err}".split())
+
+
 class UserError(Exception):
     """A mistake in the config or the files a run was given; the message says what is allowed."""
 

@@ -14,6 +14,11 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
 
+def hparam_value(value: Any) -> bool | int | float | str:
+    """A config value as TensorBoard's HParams takes it: lists and None as text."""
+    return value if isinstance(value, (bool, int, float, str)) else str(value)
+
+
 def flatten(cfg: DictConfig) -> dict[str, Any]:
     """``{"method.uda.weight": 1.0, ...}`` with values TensorBoard's HParams accepts (lists and None as text)."""
     out: dict[str, Any] = {}
@@ -23,7 +28,7 @@ def flatten(cfg: DictConfig) -> dict[str, Any]:
             for key, value in node.items():
                 visit(value, f"{prefix}{key}.")
         else:
-            out[prefix[:-1]] = node if isinstance(node, (bool, int, float, str)) else str(node)
+            out[prefix[:-1]] = hparam_value(node)
 
     visit(OmegaConf.to_container(cfg, resolve=True), "")
     return out

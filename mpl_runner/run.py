@@ -48,7 +48,9 @@ register_configs()
 
 def resolve_device(name: str, world: World = World()) -> torch.device:
     """The training device; under torchrun, CUDA means this rank's GPU (``LOCAL_RANK``)."""
-    device = torch.device("cuda" if name == "auto" and torch.cuda.is_available() else "cpu" if name == "auto" else name)
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
     if device.type == "cuda" and world.distributed:
         return torch.device("cuda", world.local_rank)
     return device
@@ -77,9 +79,9 @@ class Trained:
     data: SSLData
 
 
-def _resume_state(cfg: DictConfig, run_dir: Path, device: torch.device) -> dict | None:
-    """The checkpoint this run goes on from: asked for with trainer.resume, or found in a reused run dir."""
-    path = run_dir / checkpoint.RELATIVE_PATH
+def _resume_state(cfg: DictConfig, run_dir: Path, path: Path, device: torch.device) -> dict | None:
+    """The checkpoint at ``path`` this run goes on from: asked for with trainer.resume, or found in a reused run
+    dir."""
     if cfg.trainer.resume is not None:
         if Path(cfg.trainer.resume).resolve() != run_dir.resolve():
             raise ConfigError(
@@ -94,9 +96,9 @@ def _resume_state(cfg: DictConfig, run_dir: Path, device: torch.device) -> dict 
     return state
 
 
-def _finished_record(run_dir: Path, state: dict | None, steps: int) -> dict | None:
+def _finished_record(run_dir: Path, state: dict, steps: int) -> dict | None:
     """The record of a run that already completed in ``run_dir`` (a requeued job that had finished)."""
-    if state is None or state["step"] != steps:
+    if state["step"] != steps:
         return None
     try:
         record = json.loads((run_dir / "metrics.json").read_text())
@@ -115,7 +117,8 @@ def execute(cfg: DictConfig, run_dir: Path) -> Trained:
     device = resolve_device(cfg.device, world)
     if cfg.trainer.num_threads is not None:
         torch.set_num_threads(cfg.trainer.num_threads)
-    state = _resume_state(cfg, run_dir, device)
+    checkpoint_path = run_dir / checkpoint.RELATIVE_PATH
+    state = _resume_state(cfg, run_dir, checkpoint_path, device)
     seed_everything(cfg.seed)
 
     data = build_dataset(cfg.dataset, device)
@@ -134,7 +137,6 @@ def execute(cfg: DictConfig, run_dir: Path) -> Trained:
     if cfg.trainer.compile:
         method.compile()
     start = Start()
-    checkpoint_path = run_dir / checkpoint.RELATIVE_PATH
     if state is not None:
         checkpoint.restore(state, method, checkpoint_path)
         start = Start(state["step"], **state["loop"])
@@ -156,13 +158,14 @@ def execute(cfg: DictConfig, run_dir: Path) -> Trained:
     # that starts over in a dir with events of its own (trainer.auto_resume=false) drops them all.
     purge = start.step if state is not None else 0 if any(run_dir.glob("events.out.tfevents.*")) else None
     tracker = Tracker(run_dir, purge_step=purge, enabled=write)
-    saved = [start.step if state is not None else None]
+    last_checkpoint = start.step if state is not None else None
 
     def save(step: int, loop: dict) -> None:
+        nonlocal last_checkpoint
         if write:
             tracker.flush()  # what was logged before this step is on disk before the checkpoint says it is done
             checkpoint.save(checkpoint_path, step, cfg, method, loop)
-        saved[0] = step
+        last_checkpoint = step
 
     try:
         metrics = train(method, data, cfg.trainer, device, tracker, amp, save=save, start=start)
@@ -177,7 +180,7 @@ def execute(cfg: DictConfig, run_dir: Path) -> Trained:
         tracker.hparams(cfg, metrics, cfg.trainer.steps)
     except BaseException as err:
         if write:
-            atomic_write_json(run_dir / "metrics.json", failure_record(err, saved[0]))
+            atomic_write_json(run_dir / "metrics.json", failure_record(err, last_checkpoint))
         raise
     finally:
         tracker.close()
@@ -237,8 +240,9 @@ def hydra_main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     before = _stat(run_dir / "metrics.json")
-    distributed.start(world_from_env())  # a SLURM job with several tasks (under torchrun, cli() started it)
-    if not world_from_env().is_main:
+    world = world_from_env()
+    distributed.start(world)  # a SLURM job with several tasks (under torchrun, cli() started it)
+    if not world.is_main:
         quiet_logging()
     if hydra_cfg.mode == RunMode.MULTIRUN and cfg.trainer.resume is not None:
         # (conf/config.yaml stops this before a sweep dir exists, unless hydra.sweep.dir is given)
@@ -247,16 +251,15 @@ def hydra_main(cfg: DictConfig) -> float:
     try:
         return run(cfg, run_dir)["test/acc"]
     except Interrupted as err:
-        if not world_from_env().is_main:
-            sys.exit(128 + err.signum)
-        print(f"mpl-run: stopped by {err.signum.name} after step {err.step}; checkpoint in "
-              f"{run_dir / checkpoint.RELATIVE_PATH}. Resume with: {resume_hint(run_dir, hydra_cfg.mode)}",
-              file=sys.stderr)
+        if world.is_main:
+            print(f"mpl-run: stopped by {err.signum.name} after step {err.step}; checkpoint in "
+                  f"{run_dir / checkpoint.RELATIVE_PATH}. Resume with: {resume_hint(run_dir, hydra_cfg.mode)}",
+                  file=sys.stderr)
         sys.exit(128 + err.signum)
     except Exception as err:
         if hydra_cfg.mode != RunMode.RUN:
-            # A multirun goes on with the other jobs; this one is marked failed with its error.
-            if not (run_dir / "metrics.json").exists():
+            # A multirun goes on with the other jobs; this one is marked failed with its error (by rank 0).
+            if world.is_main and not (run_dir / "metrics.json").exists():
                 atomic_write_json(run_dir / "metrics.json", failure_record(err))
             raise
         if not isinstance(err, UserError):

@@ -25,7 +25,7 @@ from torchvision.transforms import v2
 
 from mpl_runner.data.batch import Batch, SSLData
 from mpl_runner.data.splits import balanced_labeled_indices
-from mpl_runner.errors import ConfigError, DataError
+from mpl_runner.errors import ConfigError, DataError, one_line
 from mpl_runner.figures import image_grid
 from mpl_runner.models import eval_mode
 from mpl_runner.signals import ignore_stop_signals
@@ -61,10 +61,6 @@ class _ArrayUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def _one_line(err: BaseException) -> str:
-    return " ".join(f"{type(err).__name__}: {err}".split())
-
-
 def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """One batch file as (uint8 images N x 3072, as stored; int64 labels N)."""
     if not path.is_file():
@@ -73,9 +69,9 @@ def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         with path.open("rb") as f:
             entry = _ArrayUnpickler(f, encoding="bytes").load()
     except OSError as err:
-        raise DataError(f"{path} could not be read: {_one_line(err)}") from err
+        raise DataError(f"{path} could not be read: {one_line(err)}") from err
     except Exception as err:  # bad bytes make pickle raise almost anything
-        raise DataError(f"{path} is truncated or not a CIFAR-10 pickle: {_one_line(err)}") from err
+        raise DataError(f"{path} is truncated or not a CIFAR-10 pickle: {one_line(err)}") from err
     if not isinstance(entry, dict) or b"data" not in entry or b"labels" not in entry:
         raise DataError(f"{path} is not a CIFAR-10 pickle: expected a dict with b'data' and b'labels'")
     data = entry[b"data"]
@@ -126,7 +122,7 @@ def ensure_cifar10(root: Path, download: bool) -> None:
     try:
         download_and_extract_archive(url=URL, download_root=str(root), md5=ARCHIVE_MD5)
     except (OSError, RuntimeError) as err:  # no network, disk full, md5 mismatch
-        raise DataError(f"could not download CIFAR-10 from {URL} into {root}: {_one_line(err)}") from err
+        raise DataError(f"could not download CIFAR-10 from {URL} into {root}: {one_line(err)}") from err
 
 
 def to_chw(images: np.ndarray) -> torch.Tensor:
