@@ -26,10 +26,27 @@ class TwoMoonsConfig:
     num_labeled: int = 12  # drawn balanced: num_labeled / 2 per class
     split_seed: int = SI("${seed}")  # which points are labeled; follows the run seed unless pinned
     test_seed: int = 10_000  # a fresh draw of the same distribution, used as the test split
+    val_seed: int = 20_000  # another fresh draw, the validation split (choices and searches select on it)
     labeled_batch_size: Optional[int] = None  # None: every labeled point each step
     unlabeled_batch_size: Optional[int] = 256  # None: every point each step (full batch)
     weak_jitter: float = 0.0  # std of the Gaussian jitter of the weak unlabeled view
     strong_jitter: float = 0.2  # std of the Gaussian jitter of the strong unlabeled view
+
+
+@dataclass
+class DigitsConfig:
+    name: str = "digits"
+    test_size: int = 500  # a fixed stratified test set, drawn with test_seed; the rest is the training pool
+    test_seed: int = 0  # independent of the run seed: every run tests on the same images
+    num_labeled: int = 50  # drawn balanced from the pool: num_labeled / 10 per class
+    num_val: int = 200  # validation images, balanced, disjoint from the labeled ones and never in the unlabeled set
+    split_seed: int = SI("${seed}")  # which images are labeled and validation; follows the run seed unless pinned
+    labeled_batch_size: Optional[int] = None  # None: every labeled image each step
+    unlabeled_batch_size: Optional[int] = 256  # None: every unlabeled image each step
+    weak_shift: int = 1  # weak view: random translation by up to this many pixels in x and y
+    strong_shift: int = 2  # strong view: translation by up to this many pixels, then cutout and jitter
+    cutout_size: int = 3  # strong view: side of the square set to 0 (0: none)
+    strong_jitter: float = 0.3  # strong view: x * U(1 - s, 1 + s) + U(-s, s) / 2, clamped to [0, 1]
 
 
 @dataclass
@@ -39,16 +56,21 @@ class Cifar10Config:
     download: bool = False  # fetch the official archive into root when the data is absent
     num_labeled: int = 4000  # drawn balanced: num_labeled / 10 per class
     split_seed: int = SI("${seed}")  # which images are labeled; follows the run seed unless pinned
+    num_val: int = 0  # held out of the training set, balanced per class, never trained on: the validation split
     unlabeled: str = "all"  # all: every training image (the paper); rest: the training images not labeled
     labeled_batch_size: int = 64
     unlabeled_ratio: int = 7  # mu: the unlabeled batch is mu * labeled_batch_size images
     num_workers: int = 2  # per DataLoader (labeled, unlabeled, test)
     pin_memory: bool = True  # only used when the device is CUDA
     persistent_workers: bool = True  # only used when num_workers > 0
+    # official: the MPL code's RandAugment + cutout (mpl_runner/data/randaugment.py); torchvision: v2.RandAugment
+    # + RandomErasing (cutout_scale, cutout_probability), for comparison
+    randaugment: str = "official"
     randaugment_num_ops: int = 2
-    randaugment_magnitude: int = 16  # torchvision's scale: 0 to 30
-    cutout_scale: list[float] = field(default_factory=lambda: [0.02, 0.25])  # erased area, fraction of the image
-    cutout_probability: float = 1.0
+    randaugment_magnitude: int = 16  # official: the level, 0 to 20 (_MAX_LEVEL = 10); torchvision: 0 to 30
+    cutout_size: int = 16  # official: side of the grey square cut out after RandAugment, pixels
+    cutout_scale: list[float] = field(default_factory=lambda: [0.02, 0.25])  # torchvision: erased area, fraction
+    cutout_probability: float = 1.0  # torchvision only: the official cutout always applies
     eval_batch_size: int = 512
 
 
@@ -58,6 +80,8 @@ class MLPConfig:
     hidden_sizes: list[int] = field(default_factory=lambda: [64, 64])
     activation: str = "relu"
     dropout: float = 0.0
+    init: str = "default"  # default (PyTorch's) | uniform: every weight and bias from U(-init_scale, init_scale)
+    init_scale: float = 0.1
 
 
 @dataclass
@@ -67,7 +91,17 @@ class WideResNetConfig:
     widen_factor: int = 2
     dropout: float = 0.0
     bn_momentum: float = 0.01  # PyTorch convention: 0.99 in TensorFlow terms
+    bn_eps: float = 1e-5
     leaky_relu_slope: float = 0.1
+    stem_width: int = 16  # channels of the first convolution (the official MPL code: 16 * widen_factor)
+
+
+@dataclass
+class SmallCNNConfig:
+    name: str = "small_cnn"
+    widths: list[int] = field(default_factory=lambda: [32, 64])  # channels of each stage; each halves the side
+    dropout: float = 0.0
+    bn_momentum: float = 0.1  # PyTorch convention
 
 
 @dataclass
@@ -94,22 +128,39 @@ class UDAMethodConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    """The last ``steps`` of an MPL run: the student alone on labeled batches, with an optimizer of its own."""
+
+    steps: int = 0
+    batch_size: int = 64  # labeled examples a step
+    name: str = "sgd"
+    lr: float = 3e-5
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    label_smoothing: float = 0.0
+
+
+@dataclass
 class MPLConfig:
     name: str = "mpl"
     # first_order: hard pseudo labels and h = old - new (DESIGN.md section 4);
     # exact: soft pseudo labels, the teacher differentiates through one student SGD step.
     variant: str = "first_order"
-    # old_minus_new is the sign the Taylor expansion gives; new_minus_old reproduces the official code.
+    # The teacher's MPL coefficient: old_minus_new (the sign the Taylor expansion gives), new_minus_old (the
+    # official code's), or none (the control: h is computed and logged, the teacher gets no MPL term).
     feedback: str = "old_minus_new"
-    pseudo_label: str = "argmax"  # argmax | sample (first_order only; exact uses soft labels)
+    pseudo_label: str = "argmax"  # argmax | sample (first_order); soft (exact)
     baseline_decay: Optional[float] = None  # moving-average baseline for h, e.g. 0.99; None: off
     label_smoothing: float = 0.0
     uda: UDAConfig = field(default_factory=lambda: UDAConfig(weight=0.0))
     student_lr: Optional[float] = None  # None: same as optim.lr
+    student_warmup_steps: Optional[int] = None  # None: same as optim.warmup_steps
     student_wait_steps: int = 0  # the student starts learning (and its lr schedule starts) after this many steps
     ema_decay: Optional[float] = None  # EMA of the student, evaluated as "student_ema"; None: off
-    finetune_steps: int = 0  # the last steps of the run finetune the student on labeled data alone
-    finetune_lr: float = 3e-5  # constant lr of the finetuning SGD (Nesterov momentum 0.9)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
 
 @dataclass
@@ -154,8 +205,8 @@ class Config:
 
 
 SCHEMAS: dict[str, dict[str, type]] = {
-    "dataset": {"two_moons": TwoMoonsConfig, "cifar10": Cifar10Config},
-    "model": {"mlp": MLPConfig, "wide_resnet": WideResNetConfig},
+    "dataset": {"two_moons": TwoMoonsConfig, "cifar10": Cifar10Config, "digits": DigitsConfig},
+    "model": {"mlp": MLPConfig, "wide_resnet": WideResNetConfig, "small_cnn": SmallCNNConfig},
     "method": {"supervised": SupervisedConfig, "uda": UDAMethodConfig, "mpl": MPLConfig},
     "optim": {"optim": OptimConfig},
     "trainer": {"trainer": TrainerConfig},
@@ -169,6 +220,14 @@ def _sweep_dir(resume: str | None, sweep_dir: str) -> str:
             "trainer.resume", resume, "null in a multirun (-m): to resume a sweep, run it again with "
             "hydra.sweep.dir=<its dir>, and each job goes on from its own checkpoint"
         )
+    return sweep_dir
+
+
+def _search_dir(num_val: int | None, sweep_dir: str) -> str:
+    """``hydra.sweep.dir`` of a search (hparams_search presets): searches select on val/acc, so a data set without
+    a validation split stops the search before it starts."""
+    if num_val == 0:
+        raise ConfigError("dataset.num_val", 0, "> 0 in a search: searches select on val/acc, never on test/acc")
     return sweep_dir
 
 
@@ -193,6 +252,7 @@ def register_configs() -> None:
     # ${mpl.if_null:a,b,c}: b if a is null, else c (config.yaml: where a resumed run writes)
     OmegaConf.register_new_resolver("mpl.if_null", lambda a, b, c: b if a is None else c, replace=True)
     OmegaConf.register_new_resolver("mpl.sweep_dir", _sweep_dir, replace=True)
+    OmegaConf.register_new_resolver("mpl.search_dir", _search_dir, replace=True)
     OmegaConf.register_new_resolver("mpl.record_dir", record_dir, replace=True)
     OmegaConf.register_new_resolver("mpl.now", now, replace=True, use_cache=True)
     cs = ConfigStore.instance()

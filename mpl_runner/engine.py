@@ -18,6 +18,7 @@ from mpl_runner.distributed import World
 from mpl_runner.errors import UserError
 from mpl_runner.logging import Tracker
 from mpl_runner.methods import Method
+from mpl_runner.methods.base import Phase
 from mpl_runner.models import eval_mode
 from mpl_runner.signals import Interrupted, StopSignals
 
@@ -134,11 +135,13 @@ def train(
     log_ = _StepLog(method, data, trainer_cfg, device, tracker, amp, start)
     watch = NonFiniteWatch(device)
     stats = dict(start.stats)
-    batches = data.train_batches(start.step, world.rank, world.size)
+    phases, phase, batches = method.phases(), None, iter(())
     with StopSignals() as stop:
         if start.step:
             log_.after_step(start.step, stats)
         for step in range(start.step, steps):
+            if phase is not (now := phase_at(phases, step)):  # a phase begins (or the run resumes in it)
+                phase, batches = now, phase_batches(data, phases, now, step, world)
             batch = next(batches).to(device, non_blocking=True, channels_last=trainer_cfg.channels_last)
             with autocast(device, amp):
                 raw = method.train_step(batch, step)
@@ -171,6 +174,16 @@ def train(
     return metrics
 
 
+def phase_at(phases: list[Phase], step: int) -> Phase:
+    return [p for p in phases if p.start <= step][-1]
+
+
+def phase_batches(data: SSLData, phases: list[Phase], phase: Phase, step: int, world: World):
+    """The data stream of ``phase`` from ``step`` on (each phase has a stream of its own, counted from its start)."""
+    return data.train_batches(step - phase.start, world.rank, world.size, views=phase.views,
+                              labeled_batch_size=phase.labeled_batch_size, stream=phases.index(phase))
+
+
 def _mean_over_ranks(raw: dict[str, torch.Tensor], world: World) -> dict[str, float]:
     """The step's scalars as floats, averaged over ranks (one all-reduce for all of them)."""
     values = world.mean(torch.stack([v.detach().float().reshape(()) for v in raw.values()]))
@@ -193,7 +206,7 @@ class _StepLog:
         return (step - self.start_step) / max(time.perf_counter() - self.started, 1e-9)
 
     def count(self, batch) -> None:
-        self.window_images += len(batch.x_l) + len(batch.x_uw) + len(batch.x_us)
+        self.window_images += len(batch)
 
     def logs(self, step: int) -> bool:
         """Whether scalars are written after ``step``."""

@@ -148,7 +148,8 @@ def execute(cfg: DictConfig, run_dir: Path) -> Trained:
 
     write = world.is_main  # under torchrun, rank 0 alone writes the run dir
     if write:
-        atomic_write_json(run_dir / "labeled_indices.json", data.labeled_indices)
+        atomic_write_json(run_dir / "labeled_indices.json",
+                          {"labeled": data.labeled_indices, "validation": data.val_indices})
     sizes = ", ".join(f"{k} {count_parameters(m):,}" for k, m in method.models.items())
     ranks = f" x {world.size} ranks" if world.distributed else ""
     log.info(f"{cfg.method.name} on {cfg.dataset.name} ({len(data.labeled_indices)} labeled), {device}{ranks}; "
@@ -229,6 +230,21 @@ def resume_hint(run_dir: Path, mode: RunMode) -> str:
     return command
 
 
+#: what ``mpl-run`` returns to Hydra, so what searches optimise: never a test number
+SELECTION_METRIC = "val/acc"
+
+
+def is_search(hydra_cfg) -> bool:
+    """Whether the sweeper reads what jobs return (Optuna and other searches), unlike Hydra's basic sweeper."""
+    return hydra_cfg.mode == RunMode.MULTIRUN and not hydra_cfg.sweeper._target_.endswith(".BasicSweeper")
+
+
+def require_validation_split(cfg: DictConfig) -> None:
+    """Searches select on validation accuracy; a data set without a validation split is refused."""
+    if cfg.dataset.get("num_val", 1) == 0:
+        raise ConfigError("dataset.num_val", 0, "> 0 in a search: searches select on val/acc, never on test/acc")
+
+
 def exit_with_error(message: str) -> NoReturn:
     if world_from_env().is_main:  # (under torchrun every rank finds the same mistake; one says it)
         print(f"mpl-run: error: {message}", file=sys.stderr)
@@ -249,7 +265,9 @@ def hydra_main(cfg: DictConfig) -> float:
         discard_if_unused(run_dir)
         exit_with_error(f"trainer.resume={cfg.trainer.resume!r} is not allowed: null in a multirun (-m)")
     try:
-        return run(cfg, run_dir)["test/acc"]
+        if is_search(hydra_cfg):
+            require_validation_split(cfg)
+        return run(cfg, run_dir).get(SELECTION_METRIC)
     except Interrupted as err:
         if world.is_main:
             print(f"mpl-run: stopped by {err.signum.name} after step {err.step}; checkpoint in "

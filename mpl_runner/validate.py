@@ -104,29 +104,64 @@ def validate_dataset(cfg) -> None:
         positive(cfg, "dataset.labeled_batch_size", optional=True)
         positive(cfg, "dataset.unlabeled_batch_size", optional=True)
     elif data.name == "cifar10":
-        num_classes, num_points = 10, 50_000
+        num_classes, num_points = 10, 50_000 - data.num_val
+        if data.num_val < 0 or data.num_val % 10 or data.num_val > 25_000:
+            raise ConfigError("dataset.num_val", data.num_val, "a multiple of 10 (drawn balanced) from 0 to 25000")
         one_of(cfg, "dataset.unlabeled", ("all", "rest"))
         for key in ("labeled_batch_size", "unlabeled_ratio", "eval_batch_size"):
             positive(cfg, f"dataset.{key}")
         at_least(cfg, "dataset.num_workers", 0)
         if not 0 <= data.randaugment_num_ops <= 14:
             raise ConfigError("dataset.randaugment_num_ops", data.randaugment_num_ops, "0 to 14 (RandAugment's ops)")
-        if not 0 <= data.randaugment_magnitude <= 30:
-            raise ConfigError(
-                "dataset.randaugment_magnitude", data.randaugment_magnitude, "0 to 30 (torchvision's scale)"
-            )
+        one_of(cfg, "dataset.randaugment", ("official", "torchvision"))
+        if data.randaugment == "official":
+            from mpl_runner.data.randaugment import MAX_MAGNITUDE  # (torchvision: loaded only for CIFAR-10)
+
+            top, scale = MAX_MAGNITUDE, "the official level; its _MAX_LEVEL is 10"
+        else:
+            top, scale = 30, "torchvision's scale"
+        if not 0 <= data.randaugment_magnitude <= top:
+            raise ConfigError("dataset.randaugment_magnitude", data.randaugment_magnitude, f"0 to {top} ({scale})")
+        if not 0 <= data.cutout_size <= 32 or data.cutout_size % 2:
+            raise ConfigError("dataset.cutout_size", data.cutout_size, "an even number of pixels from 0 to 32")
         fraction(cfg, "dataset.cutout_probability", closed=True)
         low_high = list(data.cutout_scale)
         if len(low_high) != 2 or not 0 <= low_high[0] <= low_high[1] <= 1:
             raise ConfigError("dataset.cutout_scale", low_high, "[low, high] with 0 <= low <= high <= 1")
+    elif data.name == "digits":
+        num_classes = 10
+        validate_digits(cfg)
+        num_points = DIGITS_IMAGES - data.test_size - data.num_val  # the training pool less the validation images
     else:
-        raise ConfigError("dataset.name", data.name, "two_moons or cifar10")
+        raise ConfigError("dataset.name", data.name, "two_moons, cifar10 or digits")
     n = data.num_labeled
     if n < num_classes or n % num_classes or n > num_points:
         raise ConfigError(
             "dataset.num_labeled", n, f"a multiple of {num_classes} (the classes, drawn balanced) "
             f"from {num_classes} to {num_points} (the training set)"
         )
+
+
+DIGITS_IMAGES = 1797  # sklearn's load_digits
+
+
+def validate_digits(cfg) -> None:
+    data = cfg.dataset
+    if not 10 <= data.test_size <= 1000:
+        raise ConfigError("dataset.test_size", data.test_size, f"10 to 1000 (of the {DIGITS_IMAGES} images)")
+    if data.num_val < 0 or data.num_val % 10 or data.num_val > DIGITS_IMAGES - data.test_size - 10:
+        raise ConfigError(
+            "dataset.num_val", data.num_val, f"a multiple of 10 (drawn balanced) from 0 to "
+            f"{DIGITS_IMAGES - data.test_size - 10} (the training pool less 10 labeled images)"
+        )
+    for key in ("weak_shift", "strong_shift"):
+        if not 0 <= data[key] < 4:
+            raise ConfigError(f"dataset.{key}", data[key], "0 to 3 (pixels of an 8x8 image)")
+    if not 0 <= data.cutout_size <= 8:
+        raise ConfigError("dataset.cutout_size", data.cutout_size, "0 to 8 (pixels of an 8x8 image)")
+    fraction(cfg, "dataset.strong_jitter")
+    positive(cfg, "dataset.labeled_batch_size", optional=True)
+    positive(cfg, "dataset.unlabeled_batch_size", optional=True)
 
 
 def validate_model(cfg) -> None:
@@ -141,9 +176,39 @@ def validate_model(cfg) -> None:
         positive(cfg, "model.widen_factor")
         fraction(cfg, "model.dropout")
         fraction(cfg, "model.bn_momentum", closed=True)
+        positive(cfg, "model.bn_eps")
         at_least(cfg, "model.leaky_relu_slope", 0)
+        positive(cfg, "model.stem_width")
+    elif cfg.model.name == "small_cnn":
+        widths = list(cfg.model.widths)
+        if not widths or any(w <= 0 for w in widths):
+            raise ConfigError("model.widths", widths, "a non-empty list of channel counts > 0")
+        fraction(cfg, "model.dropout")
+        fraction(cfg, "model.bn_momentum", closed=True)
     else:
-        raise ConfigError("model.name", cfg.model.name, "mlp or wide_resnet")
+        raise ConfigError("model.name", cfg.model.name, "mlp, wide_resnet or small_cnn")
+    validate_model_fits_data(cfg)
+
+
+IMAGE_SIDES = {"cifar10": 32, "digits": 8}  # data sets of images: the side of their square images
+
+
+def validate_model_fits_data(cfg) -> None:
+    """Image models need images; WideResNet needs CIFAR's 3 x 32 x 32; each small_cnn stage halves the side."""
+    model, data = cfg.model.name, cfg.dataset.name
+    if model in ("wide_resnet", "small_cnn") and data not in IMAGE_SIDES:
+        raise ConfigError("model", model, f"mlp for dataset={data} (2-D points, not images)")
+    if model == "wide_resnet" and data != "cifar10":
+        raise ConfigError(
+            "model", model, f"small_cnn or mlp for dataset={data} (wide_resnet needs 3-channel 32x32 images: cifar10)"
+        )
+    if model == "small_cnn" and 2 ** len(cfg.model.widths) > IMAGE_SIDES[data]:
+        stages = IMAGE_SIDES[data].bit_length() - 1
+        raise ConfigError(
+            "model.widths", list(cfg.model.widths),
+            f"at most {stages} stages for dataset={data} ({IMAGE_SIDES[data]}x{IMAGE_SIDES[data]} images; each stage "
+            "halves the side)",
+        )
 
 
 def validate_optim(cfg) -> None:
@@ -168,24 +233,65 @@ def validate_method(cfg) -> None:
     if method.name != "mpl":
         return
     one_of(cfg, "method.variant", ("first_order", "exact"))
-    one_of(cfg, "method.feedback", ("old_minus_new", "new_minus_old"))
-    one_of(cfg, "method.pseudo_label", ("argmax", "sample"))
+    one_of(cfg, "method.feedback", ("old_minus_new", "new_minus_old", "none"))
+    one_of(cfg, "method.pseudo_label", ("argmax", "sample", "soft"))
     fraction(cfg, "method.baseline_decay", optional=True)
     positive(cfg, "method.student_lr", optional=True)
+    if method.student_warmup_steps is not None:
+        at_least(cfg, "method.student_warmup_steps", 0)
     fraction(cfg, "method.ema_decay", optional=True)
-    if not 0 <= method.finetune_steps < cfg.trainer.steps:
-        raise ConfigError("method.finetune_steps", method.finetune_steps, f"0 to {cfg.trainer.steps - 1}")
-    positive(cfg, "method.finetune_lr")
-    mpl_steps = cfg.trainer.steps - method.finetune_steps
+    validate_finetune(cfg)
+    mpl_steps = cfg.trainer.steps - method.finetune.steps
     if not 0 <= method.student_wait_steps < mpl_steps:
         raise ConfigError(
             "method.student_wait_steps", method.student_wait_steps,
-            f"0 to {mpl_steps - 1} (trainer.steps - method.finetune_steps - 1)",
+            f"0 to {mpl_steps - 1} (trainer.steps - method.finetune.steps - 1)",
         )
-    if method.variant == "exact" and cfg.trainer.amp in ("fp16", "auto"):
+    if method.variant == "exact":
+        validate_exact(cfg)
+    elif method.pseudo_label == "soft" and method.feedback != "none":
+        # (a first-order teacher term needs a hard label: CE(stop_grad(softmax(z)), z), what the official code
+        # uses with soft labels, has gradient 0; with feedback=none, soft labels are what that code computes)
+        raise ConfigError("method.pseudo_label", "soft", "argmax or sample with method.variant=first_order, "
+                          "unless method.feedback=none")
+
+
+def validate_finetune(cfg) -> None:
+    finetune = cfg.method.finetune
+    if not 0 <= finetune.steps < cfg.trainer.steps:
+        raise ConfigError("method.finetune.steps", finetune.steps, f"0 to {cfg.trainer.steps - 1}")
+    positive(cfg, "method.finetune.batch_size")
+    one_of(cfg, "method.finetune.name", ("sgd", "adam"))
+    positive(cfg, "method.finetune.lr")
+    fraction(cfg, "method.finetune.momentum")
+    at_least(cfg, "method.finetune.weight_decay", 0)
+    one_of(cfg, "method.finetune.schedule", ("constant", "cosine"))
+    at_least(cfg, "method.finetune.warmup_steps", 0)
+    fraction(cfg, "method.finetune.label_smoothing")
+
+
+def validate_exact(cfg) -> None:
+    """The exact variant differentiates through the student's step: that lookahead must be the step the student
+    really takes (plain SGD), and options it has no use for are refused rather than ignored."""
+    method, optim = cfg.method, cfg.optim
+    why = "with method.variant=exact (its lookahead theta - lr * grad is the student's real step only then)"
+    if optim.name != "sgd":
+        raise ConfigError("optim.name", optim.name, f"sgd {why}")
+    if optim.momentum != 0:
+        raise ConfigError("optim.momentum", optim.momentum, f"0 {why}")
+    if optim.weight_decay != 0:
+        raise ConfigError("optim.weight_decay", optim.weight_decay, f"0 {why}")
+    if optim.grad_clip is not None:
+        raise ConfigError("optim.grad_clip", optim.grad_clip, f"null {why}")
+    if method.pseudo_label != "soft":
+        raise ConfigError("method.pseudo_label", method.pseudo_label, "soft with method.variant=exact (the teacher "
+                          "differentiates through the student's step on its soft labels)")
+    if method.label_smoothing != 0:
+        raise ConfigError("method.label_smoothing", method.label_smoothing, "0 with method.variant=exact")
+    if method.feedback == "new_minus_old":
+        raise ConfigError("method.feedback", method.feedback, "old_minus_new or none with method.variant=exact")
+    if cfg.trainer.amp in ("fp16", "auto"):
         raise ConfigError("trainer.amp", cfg.trainer.amp, "none or bf16 with method.variant=exact (no grad scaler)")
-    if method.variant == "exact" and method.feedback != "old_minus_new":
-        raise ConfigError("method.feedback", method.feedback, "old_minus_new with method.variant=exact")
 
 
 def validate_world(cfg, world) -> None:
@@ -197,6 +303,12 @@ def validate_world(cfg, world) -> None:
         sizes = {
             "dataset.labeled_batch_size": data.labeled_batch_size or data.num_labeled,
             "dataset.unlabeled_batch_size": data.unlabeled_batch_size or 2 * data.points_per_class,
+        }
+    elif data.name == "digits":  # a batch size of null, or above its set, means the whole set
+        num_unlabeled = DIGITS_IMAGES - data.test_size - data.num_val
+        sizes = {
+            "dataset.labeled_batch_size": min(data.labeled_batch_size or data.num_labeled, data.num_labeled),
+            "dataset.unlabeled_batch_size": min(data.unlabeled_batch_size or num_unlabeled, num_unlabeled),
         }
     else:
         sizes = {"dataset.labeled_batch_size": data.labeled_batch_size,

@@ -11,13 +11,15 @@ from conftest import mpl_run
 from test_cifar10_data import REAL_ROOT, write_fake_cifar10
 
 TINY_CIFAR = [
-    "dataset=cifar10_4k", "dataset.num_labeled=20", "dataset.labeled_batch_size=4", "dataset.unlabeled_ratio=2",
+    "dataset=cifar10_4k", "dataset.num_labeled=20", "dataset.num_val=20", "dataset.labeled_batch_size=4",
+    "dataset.unlabeled_ratio=2",
     "dataset.num_workers=0", "dataset.eval_batch_size=8", "model=wrn28_2", "model.depth=10",
     "model.widen_factor=1", "trainer.steps=4", "trainer.eval_interval=2", "trainer.log_interval=2", "device=cpu",
 ]
 
 
-@pytest.mark.parametrize("extra", [["method=mpl", "method.ema_decay=0.9", "method.finetune_steps=1"],
+@pytest.mark.parametrize("extra", [["method=mpl", "method.ema_decay=0.9", "method.finetune.steps=1",
+                                    "method.finetune.batch_size=4"],
                                    ["method=supervised", "trainer.channels_last=true"],
                                    ["method=uda", "trainer.amp=bf16"]], ids=["mpl", "supervised", "uda"])
 def test_tiny_cifar_run_through_the_cli(tmp_path, extra):
@@ -36,8 +38,10 @@ def test_tiny_cifar_run_through_the_cli(tmp_path, extra):
     if "method=mpl" in extra:
         assert metrics["handed_out"] == "student_ema"
         assert {"test/teacher/acc", "test/student/acc", "test/student_ema/acc"} <= set(metrics)
-    labeled = json.loads((run_dir / "labeled_indices.json").read_text())
-    assert len(labeled) == 20 and len(set(labeled)) == 20
+    split = json.loads((run_dir / "labeled_indices.json").read_text())
+    labeled, val = split["labeled"], split["validation"]
+    assert len(labeled) == 20 and len(set(labeled)) == 20 and len(set(val)) == 20 and not set(labeled) & set(val)
+    assert 0 <= metrics["val/acc"] <= 1 and metrics["val/acc"] == metrics[f"val/{metrics['handed_out']}/acc"]
 
 
 @pytest.mark.slow

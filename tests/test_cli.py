@@ -20,7 +20,8 @@ def test_single_run_writes_its_record(tmp_path):
     for key in ("test/teacher/acc", "all/acc", "all/teacher/acc", "steps", "train_seconds", "wall_seconds"):
         assert key in metrics
     assert metrics["steps"] == 30 and 0.5 <= metrics["test/acc"] <= 1.0
-    assert len(json.loads((run_dir / "labeled_indices.json").read_text())) == 12
+    assert len(json.loads((run_dir / "labeled_indices.json").read_text())["labeled"]) == 12
+    assert 0.5 <= metrics["val/acc"] <= 1.0 and metrics["val/acc"] == metrics["val/student/acc"]
     assert (run_dir / "decision_boundary.png").stat().st_size > 10_000
     assert (run_dir / ".hydra" / "config.yaml").exists()
     assert list(run_dir.glob("events.out.tfevents.*"))

@@ -22,11 +22,15 @@ def test_default_is_mpl_on_two_moons(make_cfg):
     assert cfg.dataset.num_labeled == 12 and cfg.dataset.points_per_class == 1000 and cfg.dataset.noise == 0
 
 
+#: image models, with a data set of images they fit (the default, two moons, has 2-D points)
+FITTING_DATA = {"wrn28_2": ["dataset=cifar10_4k"], "wrn28_8": ["dataset=cifar10_4k"], "small_cnn": ["dataset=digits"]}
+
+
 @pytest.mark.parametrize("group", ["dataset", "model", "method", "optim", "trainer"])
 def test_every_group_option_composes_and_validates(make_cfg, group):
     assert options(group), f"no options in conf/{group}"
     for option in options(group):
-        cfg = make_cfg(f"{group}={option}")
+        cfg = make_cfg(f"{group}={option}", *FITTING_DATA.get(option, []))
         validate(cfg)
         OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
 

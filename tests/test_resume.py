@@ -116,9 +116,10 @@ def test_a_finished_run_dir_reused_is_left_as_it_is(tmp_path, baseline):
 
 
 TINY_CIFAR = [
-    "dataset=cifar10_4k", "dataset.num_labeled=20", "dataset.labeled_batch_size=4", "dataset.unlabeled_ratio=2",
-    "dataset.eval_batch_size=10", "model=wrn28_2", "model.depth=10", "model.widen_factor=1", "model.dropout=0.3",
-    "method.ema_decay=0.9", "method.finetune_steps=4", "method.student_wait_steps=2", "trainer.steps=60",
+    "dataset=cifar10_4k", "dataset.num_labeled=20", "dataset.num_val=20", "dataset.labeled_batch_size=4",
+    "dataset.unlabeled_ratio=2", "dataset.eval_batch_size=10", "model=wrn28_2", "model.depth=10",
+    "model.widen_factor=1", "model.dropout=0.3", "method.ema_decay=0.9", "method.finetune.steps=4",
+    "method.finetune.batch_size=6", "method.student_wait_steps=2", "trainer.steps=60",
     "trainer.eval_interval=20", "trainer.log_interval=2", "trainer.checkpoint_interval=3", "trainer.progress=false",
     "device=cpu",
 ]

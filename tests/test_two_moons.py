@@ -32,4 +32,7 @@ def test_batches_hold_labeled_points_and_jittered_views(make_cfg):
     assert batch.x_l.shape == (12, 2) and batch.y_l.tolist().count(0) == 6
     assert batch.x_uw.shape == batch.x_us.shape == (100, 2)
     assert (batch.x_us - batch.x_uw).std() > 0.1  # strong view is jittered (std 0.2), weak view is not
-    assert data.eval_splits.keys() == {"test", "all"}
+    assert data.eval_splits.keys() == {"val", "test", "all"}
+    (x_val, _), (x_test, _), (x_all, _) = (split[0] for split in data.eval_splits.values())
+    assert not torch.isclose(x_val[:20, None], x_test[None]).all(-1).any()  # two different fresh draws
+    assert not torch.isclose(x_val[:20, None], x_all[None]).all(-1).any()  # neither is trained on

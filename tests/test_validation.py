@@ -14,19 +14,20 @@ BAD = {
     "dataset.points_per_class=0": "dataset.points_per_class=0",
     "dataset.noise=-0.1": "dataset.noise=-0.1",
     "dataset.unlabeled_batch_size=0": "dataset.unlabeled_batch_size=0",
-    "model.activation=swish": "one of gelu, relu, silu, tanh",
+    "model.activation=swish": "one of gelu, relu, sigmoid, silu, tanh",
     "model.hidden_sizes=[64,0]": "model.hidden_sizes",
     "optim.name=lbfgs": "one of sgd, adam",
     "optim.lr=-0.1": "optim.lr=-0.1",
     "optim.momentum=1.0": "[0, 1)",
     "optim.schedule=step": "one of constant, cosine",
     "trainer.eval_interval=0": "trainer.eval_interval=0",
-    "method.feedback=both": "old_minus_new, new_minus_old",
-    "method.pseudo_label=soft": "argmax, sample",
+    "method.pseudo_label=hard": "argmax, sample, soft",
+    "method.pseudo_label=soft": "unless method.feedback=none",
+    "method.feedback=both": "old_minus_new, new_minus_old, none",
     "method.uda.threshold=1.5": "[0, 1]",
     "method.uda.temperature=0": "method.uda.temperature=0.0",
     "method.student_wait_steps=500": "0 to 499",
-    "method.finetune_steps=500": "0 to 499",
+    "method.finetune.steps=500": "0 to 499",
     "device=tpu": "auto, cpu, cuda or cuda:N",
 }
 
@@ -46,5 +47,7 @@ def test_cuda_without_cuda_is_refused(make_cfg):
 
 
 def test_exact_variant_takes_only_the_derived_sign(make_cfg):
+    exact = ["method.variant=exact", "method.pseudo_label=soft", "optim.momentum=0"]
+    validate(make_cfg(*exact, "method.feedback=none"))
     with pytest.raises(UserError, match="method.feedback"):
-        validate(make_cfg("method.variant=exact", "method.feedback=new_minus_old"))
+        validate(make_cfg(*exact, "method.feedback=new_minus_old"))

@@ -18,4 +18,8 @@ def build_dataset(cfg, device: torch.device) -> SSLData:
         from mpl_runner.data import cifar10
 
         return cifar10.build(cfg, device)
+    if cfg.name == "digits":
+        from mpl_runner.data import digits
+
+        return digits.build(cfg, device)
     raise ValueError(f"unknown dataset {cfg.name!r}")  # validate() rejects this before a run starts

@@ -24,7 +24,8 @@ from torchvision.datasets.utils import download_and_extract_archive
 from torchvision.transforms import v2
 
 from mpl_runner.data.batch import Batch, SSLData
-from mpl_runner.data.splits import balanced_labeled_indices
+from mpl_runner.data.randaugment import FILL, OfficialCutout, OfficialRandAugment
+from mpl_runner.data.splits import labeled_and_validation
 from mpl_runner.errors import ConfigError, DataError, one_line
 from mpl_runner.figures import image_grid
 from mpl_runner.models import eval_mode
@@ -149,8 +150,19 @@ def weak_transform() -> v2.Compose:
     return v2.Compose([*_flip_crop(), *_normalize()])
 
 
-def strong_transform(num_ops: int, magnitude: int, cutout_scale, cutout_probability: float) -> v2.Compose:
-    # Cutout fills with the mean colour, which normalises to zero.
+def strong_transform(
+    num_ops: int, magnitude: int, cutout_scale, cutout_probability: float, randaugment: str = "official",
+    cutout_size: int = 16,
+) -> v2.Compose:
+    if randaugment == "official":
+        # The official MPL strong view (google-research meta_pseudo_labels, data_utils.py:557-565): flip + crop, its
+        # RandAugment, a cutout_size square of grey 128, then flip + crop again. See mpl_runner/data/randaugment.py.
+        rand_augment = [OfficialRandAugment(num_ops, magnitude, FILL), OfficialCutout(cutout_size, FILL)]
+        return v2.Compose([*_flip_crop(), *rand_augment, *_flip_crop(), *_normalize()])
+    if randaugment != "torchvision":
+        raise ConfigError("dataset.randaugment", randaugment, "official or torchvision")
+    # torchvision's RandAugment (0-30 scale) and RandomErasing, for comparison. Cutout fills with the mean colour,
+    # which normalises to zero.
     fill = [round(255 * m) for m in MEAN]
     cutout = v2.RandomErasing(cutout_probability, scale=tuple(cutout_scale), ratio=(1.0, 1.0), value=fill)
     return v2.Compose([*_flip_crop(), v2.RandAugment(num_ops, magnitude), cutout, *_normalize()])
@@ -245,37 +257,42 @@ def _loader(dataset: Dataset, cfg, device: torch.device, batch_size: int = 1, ba
     )
 
 
-def _batches(labeled: DataLoader, unlabeled: DataLoader) -> Iterator[Batch]:
+def _batches(labeled: DataLoader, unlabeled: DataLoader | None) -> Iterator[Batch]:
+    if unlabeled is None:
+        for x_l, y_l in labeled:
+            yield Batch(x_l=x_l, y_l=y_l)
+        return
     for (x_l, y_l), (x_uw, x_us) in zip(labeled, unlabeled):
         yield Batch(x_l=x_l, y_l=y_l, x_uw=x_uw, x_us=x_us)
 
 
 def train_stream(
-    labeled_set, unlabeled_set, cfg, device, seed: int, start: int, rank: int = 0, world: int = 1
+    labeled_set, unlabeled_set, cfg, device, seed: int, start: int, rank: int = 0, world: int = 1,
+    views: str = "ssl", labeled_batch_size: int | None = None, stream: int = 0,
 ) -> Iterator[Batch]:
-    """Rank ``rank``'s share of the training batches from step ``start`` on."""
-    streams = (
-        (labeled_set, cfg.labeled_batch_size),
-        (unlabeled_set, cfg.unlabeled_ratio * cfg.labeled_batch_size),
-    )
-    samplers = [SeededBatches(len(dataset), size, _mix(seed, k), start, rank, world)
+    """Rank ``rank``'s share of the training batches of stream ``stream`` from its batch ``start`` on."""
+    streams = [(labeled_set, labeled_batch_size or cfg.labeled_batch_size)]
+    if views == "ssl":
+        streams.append((unlabeled_set, cfg.unlabeled_ratio * cfg.labeled_batch_size))
+    samplers = [SeededBatches(len(dataset), size, _mix(seed, k, *([stream] if stream else [])), start, rank, world)
                 for k, (dataset, size) in enumerate(streams)]
     loaders = [_loader(dataset, cfg, device, batch_sampler=sampler) for (dataset, _), sampler in zip(streams, samplers)]
-    return _batches(*loaders)
+    return _batches(loaders[0], loaders[1] if len(loaders) > 1 else None)
 
 
-def unlabeled_indices(num_train: int, labeled: list[int], which: str) -> np.ndarray:
-    """The training images the unlabeled set holds: ``all`` of them, or the ``rest`` (not labeled)."""
-    everything = np.arange(num_train)
+def unlabeled_indices(num_train: int, labeled: list[int], which: str, val: list[int] = ()) -> np.ndarray:
+    """The training images the unlabeled set holds: ``all`` of them, or the ``rest`` (not labeled); never a
+    validation image."""
+    everything = np.setdiff1d(np.arange(num_train), val)
     return everything if which == "all" else np.setdiff1d(everything, labeled)
 
 
 def _check(cfg, num_train: int) -> None:
     n = cfg.num_labeled
-    if n < NUM_CLASSES or n % NUM_CLASSES or n > num_train:
+    if n < NUM_CLASSES or n % NUM_CLASSES or n > num_train - cfg.num_val:
         raise ConfigError(
             "dataset.num_labeled", n, f"a multiple of {NUM_CLASSES} (the classes, drawn balanced) "
-            f"from {NUM_CLASSES} to {num_train} (the training set)"
+            f"from {NUM_CLASSES} to {num_train - cfg.num_val} (the training set less dataset.num_val)"
         )
     if cfg.unlabeled not in ("all", "rest"):
         raise ConfigError("dataset.unlabeled", cfg.unlabeled, "all or rest")
@@ -300,25 +317,31 @@ def build(cfg, device: torch.device) -> SSLData:
     ensure_cifar10(root, cfg.download)
     train_x, train_y, test_x, test_y = read_cifar10(root)
     _check(cfg, len(train_y))
-    labeled = balanced_labeled_indices(train_y, cfg.num_labeled, NUM_CLASSES, seed=cfg.split_seed)
-    unlabeled = unlabeled_indices(len(train_y), labeled, cfg.unlabeled)
+    labeled, val = labeled_and_validation(train_y, cfg.num_labeled, cfg.num_val, NUM_CLASSES, seed=cfg.split_seed)
+    unlabeled = unlabeled_indices(len(train_y), labeled, cfg.unlabeled, val)
     _check_batches(cfg, len(labeled), len(unlabeled))
 
     weak = weak_transform()
     strong = strong_transform(
-        cfg.randaugment_num_ops, cfg.randaugment_magnitude, cfg.cutout_scale, cfg.cutout_probability
+        cfg.randaugment_num_ops, cfg.randaugment_magnitude, cfg.cutout_scale, cfg.cutout_probability,
+        cfg.randaugment, cfg.cutout_size,
     )
     images, labels = to_chw(train_x), torch.from_numpy(train_y)
     labeled_set = LabeledImages(images[labeled], labels[labeled], weak)
     unlabeled_set = UnlabeledImages(images[unlabeled], weak, strong)
     test_set = LabeledImages(to_chw(test_x), torch.from_numpy(test_y), eval_transform())
+    eval_splits = {"test": _loader(test_set, cfg, device, batch_size=cfg.eval_batch_size)}
+    if val:
+        val_set = LabeledImages(images[val], labels[val], eval_transform())
+        eval_splits = {"val": _loader(val_set, cfg, device, batch_size=cfg.eval_batch_size), **eval_splits}
     stream_seed = int(torch.randint(2**62, ()))  # from the run's seed
     return SSLData(
         num_classes=NUM_CLASSES,
         input_shape=(3, 32, 32),
         train_batches=partial(train_stream, labeled_set, unlabeled_set, cfg, device, stream_seed),
-        eval_splits={"test": _loader(test_set, cfg, device, batch_size=cfg.eval_batch_size)},
+        eval_splits=eval_splits,
         labeled_indices=labeled,
+        val_indices=val,
         figures=partial(_pseudo_label_grid, unlabeled_set),
         class_names=CLASS_NAMES,
         info={

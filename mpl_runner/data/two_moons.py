@@ -1,7 +1,8 @@
 """Two moons (sklearn's make_moons) as tensors on the device: no DataLoader, no per-item work.
 
 The unlabeled set is every training point (labeled ones included, as in the paper). Views are Gaussian
-jitter: the weak view adds ``weak_jitter`` noise, the strong view ``strong_jitter``.
+jitter: the weak view adds ``weak_jitter`` noise, the strong view ``strong_jitter``. Validation and test splits
+are fresh draws of the same moons (``val_seed``, ``test_seed``), never trained on.
 """
 
 from __future__ import annotations
@@ -43,38 +44,41 @@ def _rows(n: int, batch_size: int | None, device: torch.device) -> torch.Tensor 
     return torch.randint(n, (batch_size,), device=device)
 
 
+def _jitter(x: torch.Tensor, std: float) -> torch.Tensor:
+    return x + std * torch.randn_like(x) if std > 0 else x
+
+
 def _batches(
-    x: torch.Tensor, x_l: torch.Tensor, y_l: torch.Tensor, cfg, start: int = 0, rank: int = 0, world: int = 1
+    x: torch.Tensor, x_l: torch.Tensor, y_l: torch.Tensor, cfg, start: int = 0, rank: int = 0, world: int = 1,
+    views: str = "ssl", labeled_batch_size: int | None = None, stream: int = 0,
 ) -> Iterator[Batch]:
-    """Global batches drawn from the global RNG (a checkpoint restores its state, so ``start`` needs nothing
-    more), every rank drawing the same, then cut to this rank's share."""
+    """Global batches drawn from the global RNG (a checkpoint restores its state, so ``start`` and ``stream`` need
+    nothing more), every rank drawing the same, then cut to this rank's share."""
     while True:
-        rows = _rows(len(x_l), cfg.labeled_batch_size, x.device)
-        xl, yl = (x_l, y_l) if rows is None else (x_l[rows], y_l[rows])
-        rows = _rows(len(x), cfg.unlabeled_batch_size, x.device)
-        xu = x if rows is None else x[rows]
-        yield Batch(
-            x_l=xl,
-            y_l=yl,
-            x_uw=xu + cfg.weak_jitter * torch.randn_like(xu) if cfg.weak_jitter > 0 else xu,
-            x_us=xu + cfg.strong_jitter * torch.randn_like(xu) if cfg.strong_jitter > 0 else xu,
-        ).shard(rank, world)
+        rows = _rows(len(x_l), labeled_batch_size or cfg.labeled_batch_size, x.device)
+        batch = Batch(*((x_l, y_l) if rows is None else (x_l[rows], y_l[rows])))
+        if views == "ssl":
+            rows = _rows(len(x), cfg.unlabeled_batch_size, x.device)
+            xu = x if rows is None else x[rows]
+            batch = Batch(batch.x_l, batch.y_l, _jitter(xu, cfg.weak_jitter), _jitter(xu, cfg.strong_jitter))
+        yield batch.shard(rank, world)
 
 
 def build(cfg, device: torch.device) -> SSLData:
     x, y = moons(cfg.points_per_class, cfg.noise, seed=cfg.split_seed)
+    x_val, y_val = fresh_moons(cfg.points_per_class, cfg.noise, seed=cfg.val_seed)
     x_test, y_test = fresh_moons(cfg.points_per_class, cfg.noise, seed=cfg.test_seed)
     labeled = balanced_labeled_indices(y.numpy(), cfg.num_labeled, num_classes=2, seed=cfg.split_seed)
-    x, y, x_test, y_test = (t.to(device) for t in (x, y, x_test, y_test))
+    x, y, x_val, y_val, x_test, y_test = (t.to(device) for t in (x, y, x_val, y_val, x_test, y_test))
     x_l, y_l = x[labeled], y[labeled]
     return SSLData(
         num_classes=2,
         input_shape=(2,),
         train_batches=partial(_batches, x, x_l, y_l, cfg),
-        eval_splits={"test": [(x_test, y_test)], "all": [(x, y)]},
+        eval_splits={"val": [(x_val, y_val)], "test": [(x_test, y_test)], "all": [(x, y)]},
         labeled_indices=labeled,
         figures=partial(_figures, x.cpu(), y.cpu(), labeled),
-        info={"train_points": len(x), "test_points": len(x_test)},
+        info={"train_points": len(x), "val_points": len(x_val), "test_points": len(x_test)},
     )
 
 

@@ -7,6 +7,7 @@ A method owns its models, optimizers and schedulers. The loop calls ``train_step
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -16,6 +17,17 @@ from torch.nn.parallel import DistributedDataParallel
 from mpl_runner.distributed import World
 
 from mpl_runner.methods.optim import build_optimizer, build_scheduler
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A stretch of training from step ``start`` on that needs one kind of batch: ``views="ssl"`` (labeled images and
+    weak and strong views of unlabeled ones) or ``"labeled"`` (labeled images alone: no unlabeled views are built),
+    with ``labeled_batch_size`` (None: the data set's)."""
+
+    start: int
+    views: str = "ssl"
+    labeled_batch_size: int | None = None
 
 
 class Method:
@@ -33,6 +45,10 @@ class Method:
         self.skipped: dict[str, int] = {}  # updates dropped so, per model
         self.world = World()  # set by distribute(): the ranks this method trains on
         self.nets: dict[str, nn.Module] = {}  # DistributedDataParallel wrappers, set by distribute()
+
+    def phases(self) -> list[Phase]:
+        """The batches the method trains on, phase by phase (the loop asks the data set for exactly those)."""
+        return [Phase(0, views="ssl")]
 
     def distribute(self, world: World, device: torch.device, sync_batchnorm: bool = False) -> None:
         """Train on every rank of ``world``: each trained model gets a DistributedDataParallel wrapper (which
@@ -57,20 +73,28 @@ class Method:
         return self.nets.get(name, self.models[name])
 
     def enable_grad_scaling(self, device: torch.device) -> None:
-        """fp16 autocast: one gradient scaler per trained model."""
-        self.scalers = {name: torch.amp.GradScaler(device.type) for name in self.models}
+        """fp16 autocast: one gradient scaler per optimizer."""
+        self.scalers = {name: torch.amp.GradScaler(device.type) for name in self.optimizers}
 
-    def add_model(self, name: str, model: nn.Module, lr: float | None = None, steps: int | None = None) -> nn.Module:
-        """Register a trained model with its own optimizer and an lr schedule over ``steps`` updates
-        (default: every step of the run)."""
+    def add_model(self, name: str, model: nn.Module, lr: float | None = None, steps: int | None = None,
+                  warmup_steps: int | None = None) -> nn.Module:
+        """Register a trained model with an optimizer of the same name (the ``optim`` group's, at ``lr``) and an lr
+        schedule over ``steps`` updates (default: every step of the run) with ``warmup_steps`` (default: optim's)."""
         self.models[name] = model
-        self.optimizers[name] = build_optimizer(model.parameters(), self.optim_cfg, lr or self.optim_cfg.lr)
-        self.schedulers[name] = build_scheduler(self.optimizers[name], self.optim_cfg, steps or self.total_steps)
-        self.skipped[name] = 0
+        self.add_optimizer(name, model, self.optim_cfg, steps or self.total_steps, lr, warmup_steps)
         return model
 
+    def add_optimizer(self, name: str, model: nn.Module, optim_cfg, steps: int, lr: float | None = None,
+                      warmup_steps: int | None = None) -> None:
+        """An optimizer ``name`` over ``model``'s parameters, built from ``optim_cfg`` (name, lr, momentum, nesterov,
+        weight_decay, schedule, warmup_steps), with its lr schedule over ``steps`` updates."""
+        self.optimizers[name] = build_optimizer(model, optim_cfg, lr or optim_cfg.lr)
+        warmup = optim_cfg.warmup_steps if warmup_steps is None else warmup_steps
+        self.schedulers[name] = build_scheduler(self.optimizers[name], optim_cfg.schedule, steps, warmup)
+        self.skipped[name] = 0
+
     def update(self, name: str, loss: torch.Tensor) -> None:
-        """One optimizer step of model ``name`` on ``loss`` (clipping the grad norm if configured)."""
+        """One step of optimizer ``name`` on ``loss`` (clipping the grad norm if configured)."""
         optimizer, scaler = self.optimizers[name], self.scalers.get(name)
         optimizer.zero_grad(set_to_none=True)
         if self.skips(name, loss):
@@ -94,12 +118,12 @@ class Method:
             self.schedulers[name].step()
 
     def step_optimizer(self, name: str) -> None:
-        """Clip (if configured), step and advance the lr schedule of model ``name``; its grads are set."""
+        """Clip (if configured), step and advance the lr schedule of optimizer ``name``; its grads are set."""
         optimizer, scaler = self.optimizers[name], self.scalers.get(name)
         if self.optim_cfg.grad_clip is not None or (self.skip_nonfinite and not scaler):
             if scaler:
                 scaler.unscale_(optimizer)
-            params = [p for p in self.models[name].parameters() if p.grad is not None]
+            params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
             clip = self.optim_cfg.grad_clip if self.optim_cfg.grad_clip is not None else float("inf")
             norm = nn.utils.clip_grad_norm_(params, clip)
             if not scaler and self.skips(name, norm):  # (a scaler skips non-finite gradients by itself)

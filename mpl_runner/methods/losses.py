@@ -6,8 +6,11 @@ import torch
 import torch.nn.functional as F
 
 
-def soft_cross_entropy(logits: torch.Tensor, target_probs: torch.Tensor) -> torch.Tensor:
-    """Mean over the batch of ``-sum_c p_c log softmax(logits)_c``."""
+def soft_cross_entropy(logits: torch.Tensor, target_probs: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Mean over the batch of ``-sum_c p_c log softmax(logits)_c``, with ``p`` smoothed towards uniform as
+    ``F.cross_entropy`` smooths hard labels."""
+    if label_smoothing:
+        target_probs = (1 - label_smoothing) * target_probs + label_smoothing / target_probs.shape[-1]
     return -(target_probs * F.log_softmax(logits, dim=-1)).sum(dim=-1).mean()
 
 
@@ -16,11 +19,13 @@ def uda_consistency(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """UDA: sharpened, detached targets from the weak view, kept where confident, fitted on the strong view.
 
-    Returns the loss (mean over the whole batch, masked examples counting as 0) and the fraction kept.
+    As in the official MPL code, the confidence that is thresholded is that of the sharpened targets
+    (``softmax(logits / temperature)``), not of the plain softmax. Returns the loss (mean over the whole batch,
+    masked examples counting as 0) and the fraction kept.
     """
-    targets = torch.softmax(logits_weak.detach() / temperature, dim=-1)
-    mask = (torch.softmax(logits_weak.detach(), dim=-1).amax(dim=-1) >= threshold).float()
-    per_example = -(targets * F.log_softmax(logits_strong, dim=-1)).sum(dim=-1)
+    targets = torch.softmax(logits_weak.detach().float() / temperature, dim=-1)
+    mask = (targets.amax(dim=-1) >= threshold).float()
+    per_example = -(targets * F.log_softmax(logits_strong.float(), dim=-1)).sum(dim=-1)
     return (per_example * mask).mean(), mask.mean()
 
 

@@ -17,6 +17,7 @@ loss after one SGD step on p, L_l(theta_S - eta * grad L_u(theta_S, p)), through
 from __future__ import annotations
 
 from contextlib import contextmanager
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -24,62 +25,82 @@ from torch import nn
 from torch.func import functional_call
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from mpl_runner.methods.base import Method
+from mpl_runner.methods.base import Method, Phase
 from mpl_runner.methods.losses import soft_cross_entropy
 from mpl_runner.methods.uda import teacher_losses
 
 
 @contextmanager
 def frozen_batchnorm_stats(model: nn.Module):
-    """Forward in train mode without moving BN running statistics (momentum 0 leaves them as they are)."""
+    """Forward in train mode (batch statistics) without moving the BN running statistics: momentum 0 leaves them
+    as they are, and the count of batches seen is put back."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    momenta = [m.momentum for m in norms]
+    saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()) for m in norms]
     for m in norms:
         m.momentum = 0.0
     try:
         yield
     finally:
-        for m, momentum in zip(norms, momenta):
+        for m, (momentum, tracked) in zip(norms, saved):
             m.momentum = momentum
+            if tracked is not None:
+                m.num_batches_tracked.copy_(tracked)
 
 
-def rng_snapshot(device: torch.device):
-    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+class Lookahead(NamedTuple):
+    meta_loss: torch.Tensor  # L_l(theta_S'), differentiable in the teacher
+    student_grads: list[torch.Tensor]  # grad L_u(theta_S), detached: the student's real step
+    student_loss: torch.Tensor  # L_u(theta_S)
+    weights: dict[str, torch.Tensor]  # theta_S', detached
 
 
-def restore_rng(state, device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.set_rng_state(state, device)
-    else:
-        torch.set_rng_state(state)
+@contextmanager
+def seeded(device: torch.device, seed: int):
+    """The block draws random numbers on ``device`` from a generator seeded with ``seed``; afterwards that generator
+    is as it was before the block."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], device_type=device.type):
+        if device.type == "cuda":
+            with torch.cuda.device(device):
+                torch.cuda.manual_seed(seed)
+        else:
+            torch.default_generator.manual_seed(seed)
+        yield
 
 
 class MPL(Method):
     def __init__(self, cfg, optim_cfg, total_steps: int, make_model):
         super().__init__(optim_cfg, total_steps)
         self.cfg = cfg
-        self.teacher = self.add_model("teacher", make_model())
-        # The student starts after student_wait_steps; its lr schedule (warmup, decay) starts then too, and
-        # ends where finetuning (the last finetune_steps) begins.
-        self.mpl_steps = total_steps - cfg.finetune_steps
+        # The teacher trains for the MPL steps; the student starts after student_wait_steps, and its lr schedule
+        # (warmup, decay) starts then too; both schedules end where finetuning (the last finetune.steps) begins.
+        self.mpl_steps = total_steps - cfg.finetune.steps
+        self.teacher = self.add_model("teacher", make_model(), steps=self.mpl_steps)
         self.student = self.add_model(
-            "student", make_model(), lr=cfg.student_lr, steps=self.mpl_steps - cfg.student_wait_steps
+            "student", make_model(), lr=cfg.student_lr, steps=self.mpl_steps - cfg.student_wait_steps,
+            warmup_steps=cfg.student_warmup_steps,
         )
-        self.finetune_optimizer = torch.optim.SGD(
-            self.student.parameters(), lr=cfg.finetune_lr, momentum=0.9, nesterov=True,
-            weight_decay=optim_cfg.weight_decay,
-        )
+        if cfg.finetune.steps:
+            self.add_optimizer("finetune", self.student, cfg.finetune, cfg.finetune.steps)
         param = next(self.student.parameters())
         self.baseline = torch.zeros((), device=param.device, dtype=param.dtype)
         self.ema = None
         if cfg.ema_decay is not None:
             self.ema = AveragedModel(self.student, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
         self.handed_out = "student_ema" if self.ema is not None else "student"
+        self.finetuning = False
+
+    def phases(self) -> list[Phase]:
+        """MPL on labeled and unlabeled batches; then (finetune.steps > 0) the student on labeled batches alone."""
+        mpl = [Phase(0, views="ssl")]
+        if not self.cfg.finetune.steps:
+            return mpl
+        return [*mpl, Phase(self.mpl_steps, views="labeled", labeled_batch_size=self.cfg.finetune.batch_size)]
 
     # -- the step ---------------------------------------------------------------------------------------------
 
     def train_step(self, batch, step: int):
-        if step >= self.mpl_steps:
+        self.finetuning = step >= self.mpl_steps
+        if self.finetuning:
             return self._finetune_step(batch)
         # 1-2. Teacher forward on (x_l, x_uw, x_us); supervised and UDA losses.
         t_logits_us, loss_sup, loss_uda, mask = teacher_losses(self.net("teacher"), batch, self.cfg, step)
@@ -102,77 +123,89 @@ class MPL(Method):
     def _first_order_feedback(self, batch, t_logits_us):
         # 3-4. Pseudo labels on the view the student sees; the student learns them (one optimizer step).
         pseudo = self.pseudo_labels(t_logits_us.detach())
-        rng = rng_snapshot(batch.x_l.device)
-        old = self.student_labeled_loss(batch, rng)
+        masks = self.dropout_seed()
+        old = self.student_labeled_loss(batch, masks)
         s_logits_us = self.net("student")(batch.x_us)
-        loss_student = F.cross_entropy(s_logits_us, pseudo, label_smoothing=self.cfg.label_smoothing)
+        if pseudo.is_floating_point():  # soft labels (with feedback=none: what the official code computes)
+            loss_student = soft_cross_entropy(s_logits_us, pseudo, self.cfg.label_smoothing)
+        else:
+            loss_student = F.cross_entropy(s_logits_us, pseudo, label_smoothing=self.cfg.label_smoothing)
         self.update("student", loss_student)
         self._update_ema()
-        # 5-6. The updated student's labeled loss (same dropout masks as for old); the feedback coefficient, from
-        # losses averaged over ranks, so every rank gives its teacher the same coefficient.
-        new = self.student_labeled_loss(batch, rng)
-        h = self.feedback(self.world.mean(old), self.world.mean(new))
+        # 5-6. The updated student's labeled loss (the same dropout masks as for old); the feedback coefficient,
+        # from losses averaged over ranks, so every rank gives its teacher the same coefficient.
+        new = self.student_labeled_loss(batch, masks)
+        h, coefficient = self.feedback(self.world.mean(old), self.world.mean(new))
         # Not CE(stop_grad(softmax(z)), z), whose gradient in z is 0: the target is the sampled/argmax label.
-        loss_mpl = h * F.cross_entropy(t_logits_us, pseudo)
-        return loss_mpl, {"student/loss": loss_student.detach(), "mpl/h": h, "mpl/baseline": self.baseline.clone()}
+        loss_mpl = (coefficient * F.cross_entropy(t_logits_us, pseudo) if not pseudo.is_floating_point()
+                    else t_logits_us.new_zeros(()))
+        return loss_mpl, {"student/loss": loss_student.detach(), "mpl/h": h, "mpl/coefficient": coefficient,
+                          "mpl/baseline": self.baseline.clone()}
 
     def _exact_feedback(self, batch, t_logits_us):
-        rng = rng_snapshot(batch.x_l.device)
-        old = self.student_labeled_loss(batch, rng)
-        meta_loss, student_grads, loss_student = self.lookahead_labeled_loss(batch, t_logits_us)
-        # The student takes the step the teacher just differentiated through (exactly so with plain SGD).
-        for param, grad in zip(self.student.parameters(), student_grads):
+        masks = self.dropout_seed()
+        old = self.student_labeled_loss(batch, masks)
+        look = self.lookahead(batch, t_logits_us, masks)
+        # The student takes the very step the teacher just differentiated through (plain SGD: validate.py).
+        for param, grad in zip(self.student.parameters(), look.student_grads):
             param.grad = grad
         self.step_optimizer("student")
         self._update_ema()
-        new = self.student_labeled_loss(batch, rng)
-        return meta_loss, {"student/loss": loss_student.detach(), "mpl/h": old - new}
+        new = self.student_labeled_loss(batch, masks)
+        loss_mpl = look.meta_loss if self.cfg.feedback != "none" else look.meta_loss.detach() * 0
+        return loss_mpl, {"student/loss": look.student_loss.detach(), "mpl/h": old - new}
 
     def _finetune_step(self, batch):
-        """After MPL: the student alone on the labeled batch (the paper's finetuning)."""
-        loss = F.cross_entropy(self.net("student")(batch.x_l), batch.y_l, label_smoothing=self.cfg.label_smoothing)
-        self.finetune_optimizer.zero_grad(set_to_none=True)
-        if not self.skips("student", loss):
-            loss.backward()
-            self.finetune_optimizer.step()
-            self._update_ema()
+        """After MPL: the student alone on labeled batches (the paper's finetuning), through the same update as
+        every other step (grad scaler, clipping, its own optimizer and lr schedule)."""
+        loss = F.cross_entropy(self.net("student")(batch.x_l), batch.y_l,
+                               label_smoothing=self.cfg.finetune.label_smoothing)
+        self.update("finetune", loss)
+        self._update_ema()
         return {"student/loss_finetune": loss.detach()}
 
     # -- pieces, named as in DESIGN.md section 4 ------------------------------------------------------------
 
     def pseudo_labels(self, logits: torch.Tensor) -> torch.Tensor:
+        """Hard labels (argmax, or sampled from the teacher), or the teacher's probabilities (soft)."""
         if self.cfg.pseudo_label == "sample":
             return torch.distributions.Categorical(logits=logits).sample()
+        if self.cfg.pseudo_label == "soft":
+            return torch.softmax(logits.float(), dim=-1)
         return logits.argmax(dim=-1)
 
-    @torch.no_grad()
-    def student_labeled_loss(self, batch, rng_state=None) -> torch.Tensor:
-        """CE(S(x_l), y_l) in train mode (as the student is trained), leaving BN running stats untouched.
+    @staticmethod
+    def dropout_seed() -> int:
+        """A seed for the dropout masks that ``old`` and ``new`` share (drawn from the global RNG, which moves on,
+        so the student's training forward draws masks of its own)."""
+        return int(torch.randint(2**62, ()))
 
-        With ``rng_state`` (from :func:`rng_snapshot`), dropout draws the same masks as in the forward that took
-        the snapshot, so ``old - new`` measures the student's step and not two different dropout draws. The global
-        RNG is left as it was either way.
-        """
+    @torch.no_grad()
+    def student_labeled_loss(self, batch, dropout_seed: int) -> torch.Tensor:
+        """CE(S(x_l), y_l) as the student trains (train mode, dropout masks from ``dropout_seed``), in float32 even
+        under autocast (late in a cosine schedule h is ~1e-4, below bf16's resolution of a loss ~1), leaving the
+        batch-norm running statistics and the global RNG as they were."""
         device = batch.x_l.device
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], device_type=device.type):
-            if rng_state is not None:
-                restore_rng(rng_state, device)
+        with seeded(device, dropout_seed), torch.autocast(device.type, enabled=False):
             with frozen_batchnorm_stats(self.student):
                 return F.cross_entropy(self.student(batch.x_l), batch.y_l)
 
-    def feedback(self, old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
-        """h = old - new (or new - old, the official code's sign), minus a moving-average baseline if set."""
-        h = old - new if self.cfg.feedback == "old_minus_new" else new - old
+    def feedback(self, old: torch.Tensor, new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(h, coefficient)``: h = old - new, logged whatever the setting; the coefficient of the teacher's MPL
+        term is h (or new - old, the official code's sign) minus a moving-average baseline if set, or 0 for
+        ``feedback=none`` (the control: the teacher learns from labels and UDA alone)."""
+        h = old - new
+        if self.cfg.feedback == "none":
+            return h, torch.zeros_like(h)
+        signed = h if self.cfg.feedback == "old_minus_new" else -h
         if self.cfg.baseline_decay is not None:
-            self.baseline.lerp_(h, 1.0 - self.cfg.baseline_decay)
-            h = h - self.baseline
-        return h
+            self.baseline.lerp_(signed, 1.0 - self.cfg.baseline_decay)
+            signed = signed - self.baseline
+        return h, signed
 
-    def lookahead_labeled_loss(self, batch, t_logits_us):
-        """L_l(theta_S') with theta_S' = theta_S - eta * grad L_u(theta_S, softmax(T(x_us))), differentiable in T.
-
-        Returns that loss, the student's (detached) gradient of L_u, and L_u itself.
-        """
+    def lookahead(self, batch, t_logits_us, dropout_seed: int | None = None) -> Lookahead:
+        """L_l(theta_S') with theta_S' = theta_S - eta * grad L_u(theta_S, softmax(T(x_us))), differentiable in T;
+        theta_S' is the student's next weights when its optimizer is plain SGD (what validate.py allows)."""
         # Leaf copies of the student's weights: the meta loss reaches the teacher alone, not student .grad, and
         # the student's in-place step below does not disturb the graph the teacher backpropagates through.
         names, params = zip(*((n, p.detach().clone().requires_grad_()) for n, p in self.student.named_parameters()))
@@ -183,16 +216,24 @@ class MPL(Method):
         grads = torch.autograd.grad(loss_student, params, create_graph=True)
         eta = self.lr("student")
         stepped = {name: p - eta * g for name, p, g in zip(names, params, grads)}
-        with frozen_batchnorm_stats(self.student):
-            s_logits_l = functional_call(self.student, ({**stepped, **buffers}), (batch.x_l,))
+        device = batch.x_l.device
+        with seeded(device, dropout_seed if dropout_seed is not None else self.dropout_seed()):
+            with frozen_batchnorm_stats(self.student):
+                s_logits_l = functional_call(self.student, ({**stepped, **buffers}), (batch.x_l,))
         meta_loss = F.cross_entropy(s_logits_l, batch.y_l)
-        return meta_loss, [g.detach() for g in grads], loss_student
+        return Lookahead(meta_loss, [g.detach() for g in grads], loss_student,
+                         {k: v.detach() for k, v in stepped.items()})
 
     def _update_ema(self) -> None:
         if self.ema is not None:
             self.ema.update_parameters(self.student)
 
     # -- what the loop reads ---------------------------------------------------------------------------------
+
+    def lrs(self) -> dict[str, float]:
+        """The lr each model trains with now: the student's is the finetuning lr once finetuning has begun."""
+        student = "finetune" if self.finetuning else "student"
+        return {"teacher": self.lr("teacher"), "student": self.lr(student)}
 
     def eval_models(self):
         models = {"teacher": self.teacher, "student": self.student}
@@ -203,7 +244,6 @@ class MPL(Method):
     def state_dict(self):
         state = super().state_dict()
         state["baseline"] = self.baseline.clone()
-        state["finetune_optimizer"] = self.finetune_optimizer.state_dict()
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
         return state
@@ -211,7 +251,5 @@ class MPL(Method):
     def load_state_dict(self, state):
         super().load_state_dict(state)
         self.baseline.copy_(state["baseline"])
-        self.finetune_optimizer.load_state_dict(state["finetune_optimizer"])
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
-

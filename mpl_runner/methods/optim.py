@@ -5,9 +5,22 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import nn
 
 
-def build_optimizer(params, cfg, lr: float) -> torch.optim.Optimizer:
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on every parameter but those of normalisation layers (as the official MPL code does)."""
+    norms = [m for m in model.modules() if isinstance(m, (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm))]
+    exempt = {id(p) for m in norms for p in m.parameters(recurse=False)}
+    decayed = [p for p in model.parameters() if id(p) not in exempt]
+    groups = [{"params": decayed, "weight_decay": weight_decay}]
+    if exempt:
+        groups.append({"params": [p for p in model.parameters() if id(p) in exempt], "weight_decay": 0.0})
+    return groups
+
+
+def build_optimizer(model: nn.Module, cfg, lr: float) -> torch.optim.Optimizer:
+    params = parameter_groups(model, cfg.weight_decay)
     if cfg.name == "sgd":
         return torch.optim.SGD(
             params, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
@@ -28,7 +41,7 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> 
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def build_scheduler(optimizer, cfg, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(optimizer, schedule: str, total_steps: int, warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, total_steps, cfg.warmup_steps, cfg.schedule)
+        optimizer, lambda step: lr_factor(step, total_steps, warmup_steps, schedule)
     )

@@ -1,10 +1,10 @@
-"""Supervised baseline: one model on the labeled examples alone; the unlabeled views are ignored."""
+"""Supervised baseline: one model on the labeled examples alone."""
 
 from __future__ import annotations
 
 import torch.nn.functional as F
 
-from mpl_runner.methods.base import Method
+from mpl_runner.methods.base import Method, Phase
 
 
 class Supervised(Method):
@@ -14,6 +14,9 @@ class Supervised(Method):
         super().__init__(optim_cfg, total_steps)
         self.cfg = cfg
         self.model = self.add_model("model", make_model())
+
+    def phases(self) -> list[Phase]:
+        return [Phase(0, views="labeled")]  # no unlabeled views are built
 
     def train_step(self, batch, step: int):
         loss = F.cross_entropy(self.net("model")(batch.x_l), batch.y_l, label_smoothing=self.cfg.label_smoothing)

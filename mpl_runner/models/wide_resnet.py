@@ -14,12 +14,12 @@ class BasicBlock(nn.Module):
     """BN - act - conv3x3 (stride) - BN - act - conv3x3, plus a shortcut (1x1 conv when the shape changes)."""
 
     def __init__(self, in_ch: int, out_ch: int, stride: int, bn_momentum: float, slope: float,
-                 activate_before_residual: bool = False):
+                 activate_before_residual: bool = False, bn_eps: float = 1e-5):
         super().__init__()
-        self.bn1 = nn.BatchNorm2d(in_ch, momentum=bn_momentum)
+        self.bn1 = nn.BatchNorm2d(in_ch, momentum=bn_momentum, eps=bn_eps)
         self.act1 = nn.LeakyReLU(slope)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(out_ch, momentum=bn_momentum)
+        self.bn2 = nn.BatchNorm2d(out_ch, momentum=bn_momentum, eps=bn_eps)
         self.act2 = nn.LeakyReLU(slope)
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, 1, padding=1, bias=False)
         same_shape = in_ch == out_ch and stride == 1
@@ -37,12 +37,14 @@ class BasicBlock(nn.Module):
 
 class WideResNet(nn.Module):
     def __init__(self, num_classes: int, depth: int = 28, widen_factor: int = 2, dropout: float = 0.0,
-                 bn_momentum: float = 0.01, leaky_relu_slope: float = 0.1):
+                 bn_momentum: float = 0.01, leaky_relu_slope: float = 0.1, bn_eps: float = 1e-5,
+                 stem_width: int = 16):
         super().__init__()
         if depth < 10 or (depth - 4) % 6:
             raise ValueError(f"WideResNet depth must be 6n + 4 with n >= 1 (10, 16, 22, 28, ...), got {depth}")
         blocks_per_group = (depth - 4) // 6
-        widths = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
+        # The stem: 16 channels in the WRN paper and most PyTorch ports; 16 * widen_factor in the official MPL code.
+        widths = [stem_width, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
 
         self.stem = nn.Conv2d(3, widths[0], 3, 1, padding=1, bias=False)
         layers = []
@@ -50,10 +52,12 @@ class WideResNet(nn.Module):
             for i in range(blocks_per_group):
                 layers.append(BasicBlock(
                     widths[group] if i == 0 else widths[group + 1], widths[group + 1], stride if i == 0 else 1,
-                    bn_momentum, leaky_relu_slope, activate_before_residual=group == 0 and i == 0,
+                    bn_momentum, leaky_relu_slope, bn_eps=bn_eps,
+                    # (an identity shortcut, where the stem is as wide as the first group, takes the raw input)
+                    activate_before_residual=group == 0 and i == 0 and widths[0] != widths[1],
                 ))
         self.blocks = nn.Sequential(*layers)
-        self.bn = nn.BatchNorm2d(widths[3], momentum=bn_momentum)
+        self.bn = nn.BatchNorm2d(widths[3], momentum=bn_momentum, eps=bn_eps)
         self.act = nn.LeakyReLU(leaky_relu_slope)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)

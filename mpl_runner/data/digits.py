@@ -1,0 +1,187 @@
+"""scikit-learn's 8x8 handwritten digits (1797 images, 10 classes) as tensors on the device: a real-image
+benchmark that trains in seconds on a CPU. No download, no DataLoader, no per-image Python work.
+
+Splits (DESIGN.md section 8): a fixed, stratified test set of ``test_size`` images drawn with ``test_seed``
+(whatever the run seed); from the rest, the training pool, ``num_labeled`` labeled images and ``num_val``
+validation images, balanced per class and disjoint, drawn with ``split_seed``. The unlabeled set is the pool
+minus the validation images (labeled ones included, as in the paper). Indices are positions in the pool.
+
+Views are drawn per image on whole batches from the global RNG (which a checkpoint restores): the weak view
+shifts each image by up to ``weak_shift`` pixels; the strong view shifts by up to ``strong_shift``, cuts out a
+``cutout_size`` square and jitters contrast and brightness.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import partial
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+
+from mpl_runner.data.batch import Batch, SSLData
+from mpl_runner.data.splits import labeled_and_validation
+from mpl_runner.errors import ConfigError
+from mpl_runner.figures import image_grid
+
+NUM_CLASSES = 10
+CLASS_NAMES = [str(c) for c in range(NUM_CLASSES)]
+MAX_VALUE = 16  # load_digits' pixel values are 0..16
+
+
+def digit_images() -> tuple[torch.Tensor, torch.Tensor]:
+    """All 1797 images as float32 (N, 1, 8, 8) in [0, 1], and their int64 labels."""
+    digits = load_digits()
+    x = torch.as_tensor(digits.images, dtype=torch.float32).unsqueeze(1) / MAX_VALUE
+    return x, torch.as_tensor(digits.target, dtype=torch.long)
+
+
+@dataclass
+class Splits:
+    pool: np.ndarray  # the training pool: sorted indices into the 1797 images
+    test: np.ndarray  # the test set: sorted indices into the 1797 images, disjoint from the pool
+    labeled: list[int]  # sorted indices into the pool
+    val: list[int]  # sorted indices into the pool, disjoint from the labeled ones
+    unlabeled: np.ndarray  # sorted indices into the pool: every one but the validation ones
+
+
+def split(labels: np.ndarray, cfg) -> Splits:
+    """The test set (stratified, from ``test_seed`` alone), then labeled and validation images from the rest
+    (balanced per class, from ``split_seed``)."""
+    pool, test = train_test_split(
+        np.arange(len(labels)), test_size=cfg.test_size, stratify=labels, random_state=cfg.test_seed
+    )
+    pool, test = np.sort(pool), np.sort(test)
+    _check_class_counts(cfg, labels[pool])
+    labeled, val = labeled_and_validation(labels[pool], cfg.num_labeled, cfg.num_val, NUM_CLASSES, cfg.split_seed)
+    unlabeled = np.setdiff1d(np.arange(len(pool)), val)  # labeled images included, validation ones not
+    return Splits(pool, test, labeled, val, unlabeled)
+
+
+def _check_class_counts(cfg, pool_labels: np.ndarray) -> None:
+    """Every class of the pool must hold its share of labeled and validation images."""
+    need = (cfg.num_labeled + cfg.num_val) // NUM_CLASSES
+    have = int(np.bincount(pool_labels, minlength=NUM_CLASSES).min())
+    if need > have:
+        raise ConfigError(
+            "dataset.num_labeled", cfg.num_labeled,
+            f"(num_labeled + num_val) / 10 at most {have} (the fewest training images of a class, "
+            f"test_size={cfg.test_size}, num_val={cfg.num_val})",
+        )
+
+
+# --- views ---------------------------------------------------------------------------------------------------
+
+
+def translate(x: torch.Tensor, max_shift: int) -> torch.Tensor:
+    """Each image moved by its own (dy, dx), both uniform in -max_shift..max_shift; zeros fill the border."""
+    if max_shift == 0:
+        return x
+    n, _, h, w = x.shape
+    dy, dx = torch.randint(-max_shift, max_shift + 1, (2, n, 1), device=x.device)
+    padded = F.pad(x, (max_shift,) * 4).permute(0, 2, 3, 1)  # (N, H + 2s, W + 2s, C)
+    rows = max_shift - dy + torch.arange(h, device=x.device)  # output row r reads input row r - dy
+    cols = max_shift - dx + torch.arange(w, device=x.device)
+    image = torch.arange(n, device=x.device)[:, None, None]
+    return padded[image, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2).contiguous()
+
+
+def cutout(x: torch.Tensor, size: int) -> torch.Tensor:
+    """A ``size`` x ``size`` square of each image set to 0, at a position of its own (inside the image)."""
+    if size == 0:
+        return x
+    n, _, h, w = x.shape
+    top = torch.randint(h - size + 1, (n, 1), device=x.device)
+    left = torch.randint(w - size + 1, (n, 1), device=x.device)
+    row, col = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
+    in_rows = (row >= top) & (row < top + size)  # (N, H)
+    in_cols = (col >= left) & (col < left + size)  # (N, W)
+    hole = in_rows[:, :, None] & in_cols[:, None, :]
+    return x.masked_fill(hole[:, None], 0.0)
+
+
+def contrast_brightness(x: torch.Tensor, strength: float) -> torch.Tensor:
+    """Each image times U(1 - s, 1 + s) plus U(-s, s) / 2, its own draws, clamped to [0, 1]."""
+    u = torch.rand(2, len(x), 1, 1, 1, device=x.device) * 2 - 1  # U(-1, 1)
+    return (x * (1 + strength * u[0]) + 0.5 * strength * u[1]).clamp(0, 1)
+
+
+def weak_view(x: torch.Tensor, cfg) -> torch.Tensor:
+    return translate(x, cfg.weak_shift)
+
+
+def strong_view(x: torch.Tensor, cfg) -> torch.Tensor:
+    return contrast_brightness(cutout(translate(x, cfg.strong_shift), cfg.cutout_size), cfg.strong_jitter)
+
+
+# --- batches -------------------------------------------------------------------------------------------------
+
+
+def _rows(n: int, batch_size: int | None, device: torch.device) -> torch.Tensor | None:
+    """Random row indices for one step, or None for "all rows"."""
+    if batch_size is None or batch_size >= n:
+        return None
+    return torch.randint(n, (batch_size,), device=device)
+
+
+def _batches(
+    x_u: torch.Tensor, x_l: torch.Tensor, y_l: torch.Tensor, cfg, start: int = 0, rank: int = 0, world: int = 1,
+    views: str = "ssl", labeled_batch_size: int | None = None, stream: int = 0,
+) -> Iterator[Batch]:
+    """Global batches drawn from the global RNG (a checkpoint restores its state, so ``start`` and ``stream`` need
+    nothing more), every rank drawing the same, then cut to this rank's share. The labeled images get the weak
+    view; ``views="labeled"`` leaves the unlabeled ones out."""
+    while True:
+        rows = _rows(len(x_l), labeled_batch_size or cfg.labeled_batch_size, x_l.device)
+        batch = Batch(weak_view(x_l if rows is None else x_l[rows], cfg), y_l if rows is None else y_l[rows])
+        if views == "ssl":
+            rows = _rows(len(x_u), cfg.unlabeled_batch_size, x_u.device)
+            xu = x_u if rows is None else x_u[rows]
+            batch = Batch(batch.x_l, batch.y_l, weak_view(xu, cfg), strong_view(xu, cfg))
+        yield batch.shard(rank, world)
+
+
+# --- building ------------------------------------------------------------------------------------------------
+
+
+def build(cfg, device: torch.device) -> SSLData:
+    x_all, y_all = digit_images()
+    s = split(y_all.numpy(), cfg)
+    x, y = x_all[s.pool].to(device), y_all[s.pool].to(device)
+    labeled, val = s.labeled, s.val
+    eval_splits = {"test": [(x_all[s.test].to(device), y_all[s.test].to(device))]}
+    if val:
+        eval_splits = {"val": [(x[val], y[val])], **eval_splits}
+    x_u = x[torch.as_tensor(s.unlabeled, device=device)]
+    return SSLData(
+        num_classes=NUM_CLASSES,
+        input_shape=(1, 8, 8),
+        train_batches=partial(_batches, x_u, x[labeled], y[labeled], cfg),
+        eval_splits=eval_splits,
+        labeled_indices=labeled,
+        val_indices=val,
+        figures=partial(_views_grid, x_u[:8].cpu(), cfg),
+        class_names=CLASS_NAMES,
+        info={
+            "pool_images": len(s.pool),
+            "labeled_images": len(labeled),
+            "unlabeled_images": len(s.unlabeled),
+            "val_images": len(val),
+            "test_images": len(s.test),
+        },
+    )
+
+
+@torch.no_grad()
+def _views_grid(images: torch.Tensor, cfg, models: dict) -> dict:
+    """A few unlabeled images (top row), a weak view of each (middle) and a strong view (bottom). Drawn from a
+    forked RNG, so the figure leaves the run's random state as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        rows = torch.cat([images, weak_view(images, cfg), strong_view(images, cfg)])
+    titles = ["image"] * len(images) + ["weak"] * len(images) + ["strong"] * len(images)
+    return {"views": image_grid(rows.repeat(1, 3, 1, 1), titles, columns=len(images))}
