@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: run test test-all study bench clean
+.PHONY: run test test-all ablation bench clean
 
 run: $(VENV)/.installed
 	$(BIN)/mpl-run $(ARGS)
@@ -18,8 +18,8 @@ test: $(VENV)/.installed
 test-all: $(VENV)/.installed
 	$(BIN)/python -m pytest -m "slow or not slow" $(ARGS)
 
-study: $(VENV)/.installed
-	$(BIN)/python scripts/two_moons_study.py $(ARGS)
+ablation: $(VENV)/.installed
+	$(BIN)/python scripts/ablation.py $(ARGS)
 
 bench: $(VENV)/.installed
 	$(BIN)/python scripts/bench_two_moons.py $(ARGS)

@@ -16,6 +16,7 @@ from omegaconf import MISSING, SI, OmegaConf
 
 from mpl_runner.distributed import now, world_from_env
 from mpl_runner.errors import ConfigError
+from mpl_runner.run_dirs import resume_dir
 
 
 @dataclass
@@ -213,20 +214,15 @@ SCHEMAS: dict[str, dict[str, type]] = {
 }
 
 
-def _sweep_dir(resume: str | None, sweep_dir: str) -> str:
-    """``hydra.sweep.dir``, which a multirun with ``trainer.resume`` never gets to."""
+def _sweep_dir(resume: str | None, sweeper: str, num_val: int | None, sweep_dir: str) -> str:
+    """``hydra.sweep.dir``, which a multirun never gets to with ``trainer.resume``, nor a search (a sweeper that
+    reads what jobs return, e.g. Optuna: they select on val/acc) on a data set without a validation split."""
     if resume is not None:
         raise ConfigError(
             "trainer.resume", resume, "null in a multirun (-m): to resume a sweep, run it again with "
             "hydra.sweep.dir=<its dir>, and each job goes on from its own checkpoint"
         )
-    return sweep_dir
-
-
-def _search_dir(num_val: int | None, sweep_dir: str) -> str:
-    """``hydra.sweep.dir`` of a search (hparams_search presets): searches select on val/acc, so a data set without
-    a validation split stops the search before it starts."""
-    if num_val == 0:
+    if num_val == 0 and not sweeper.endswith(".BasicSweeper"):
         raise ConfigError("dataset.num_val", 0, "> 0 in a search: searches select on val/acc, never on test/acc")
     return sweep_dir
 
@@ -243,16 +239,19 @@ def record_dir(output_dir: str, stamp: str) -> str | None:
     key = (output_dir, stamp)
     if key not in _RECORD_DIRS:
         fresh = not (Path(output_dir) / ".hydra" / "config.yaml").exists()
-        _RECORD_DIRS[key] = ".hydra" if fresh else f".hydra/resumed_{stamp}"
+        name, n = f".hydra/resumed_{stamp}", 1
+        while (Path(output_dir) / name).exists():  # (another command in the same second): a record of its own
+            n += 1
+            name = f".hydra/resumed_{stamp}_{n}"
+        _RECORD_DIRS[key] = ".hydra" if fresh else name
     return _RECORD_DIRS[key]
 
 
 def register_configs() -> None:
     """Store every schema as ``<group>/schema_<name>`` (what the YAML defaults lists extend) and the root."""
-    # ${mpl.if_null:a,b,c}: b if a is null, else c (config.yaml: where a resumed run writes)
-    OmegaConf.register_new_resolver("mpl.if_null", lambda a, b, c: b if a is None else c, replace=True)
+    # ${mpl.run_dir:<trainer.resume>,<new dir>}: where a run writes; refuses a resume target that is not a run dir
+    OmegaConf.register_new_resolver("mpl.run_dir", resume_dir, replace=True)
     OmegaConf.register_new_resolver("mpl.sweep_dir", _sweep_dir, replace=True)
-    OmegaConf.register_new_resolver("mpl.search_dir", _search_dir, replace=True)
     OmegaConf.register_new_resolver("mpl.record_dir", record_dir, replace=True)
     OmegaConf.register_new_resolver("mpl.now", now, replace=True, use_cache=True)
     cs = ConfigStore.instance()

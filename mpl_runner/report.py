@@ -1,4 +1,5 @@
-"""Sweep report: one row per setting (the swept values but the seed), mean +- std of ``test/acc`` over seeds.
+"""Sweep report: one row per setting (the swept values but the seed), mean +- std over seeds of ``val/acc`` (what
+searches and choices go by) beside ``test/acc`` (reported, never selected on).
 
 ``mpl-report <sweep dir>`` or, at the end of every multirun, the :class:`SweepReport` Hydra callback. Reads each
 job's ``.hydra/overrides.yaml`` and ``metrics.json``; works on a half-finished or partly failed sweep (a job
@@ -27,23 +28,41 @@ from mpl_runner.distributed import world_from_env
 from mpl_runner.files import atomic_write_bytes
 
 METRIC = "test/acc"
+VAL_METRIC = "val/acc"
 SEED_KEYS = ("seed",)
+
+
+def _mean(values: list[float]) -> float | None:
+    return statistics.mean(values) if values else None
+
+
+def _std(values: list[float]) -> float | None:
+    return statistics.stdev(values) if len(values) > 1 else (0.0 if values else None)
 
 
 @dataclass
 class Row:
     setting: str
-    accs: list[float] = field(default_factory=list)
+    accs: list[float] = field(default_factory=list)  # test/acc of each completed job
+    vals: list[float] = field(default_factory=list)  # val/acc of those that have a validation split
     failed: list[str] = field(default_factory=list)  # "<job>: <error>"
     unfinished: list[str] = field(default_factory=list)
 
     @property
     def mean(self) -> float | None:
-        return statistics.mean(self.accs) if self.accs else None
+        return _mean(self.accs)
 
     @property
     def std(self) -> float | None:
-        return statistics.stdev(self.accs) if len(self.accs) > 1 else (0.0 if self.accs else None)
+        return _std(self.accs)
+
+    @property
+    def val_mean(self) -> float | None:
+        return _mean(self.vals)
+
+    @property
+    def val_std(self) -> float | None:
+        return _std(self.vals)
 
 
 def _parse(overrides: list[str]) -> dict[str, str]:
@@ -72,6 +91,8 @@ def collect(sweep_dir: Path) -> tuple[list[Row], dict[str, str]]:
             continue
         if metrics.get("status") == "completed" and METRIC in metrics:
             row.accs.append(float(metrics[METRIC]))
+            if metrics.get(VAL_METRIC) is not None:
+                row.vals.append(float(metrics[VAL_METRIC]))
         elif metrics.get("status") == "interrupted":  # stopped by a signal, with a checkpoint to go on from
             row.unfinished.append(job.name)
         else:
@@ -86,12 +107,13 @@ def _pct(value: float | None) -> str:
 def markdown(rows: list[Row], common: dict[str, str], sweep_dir: Path) -> str:
     shared = " ".join(f"{k}={v}" for k, v in common.items()) or "none"
     lines = [f"# Sweep report: {sweep_dir}", "",
-             f"`{METRIC}` (%) over seeds; failed and unfinished jobs are listed, not averaged. "
-             f"Overrides shared by every job: `{shared}`.", "",
-             "| setting | mean | std | seeds | failed | unfinished |", "|---|---:|---:|---:|---:|---:|"]
+             f"`{VAL_METRIC}` and `{METRIC}` (%) over seeds: choose on val, report test. Failed and unfinished "
+             f"jobs are listed, not averaged. Overrides shared by every job: `{shared}`.", "",
+             "| setting | val mean | val std | test mean | test std | seeds | failed | unfinished |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r.setting} | {_pct(r.mean)} | {_pct(r.std)} | {len(r.accs)} | {len(r.failed)} | "
-                     f"{len(r.unfinished)} |")
+        lines.append(f"| {r.setting} | {_pct(r.val_mean)} | {_pct(r.val_std)} | {_pct(r.mean)} | {_pct(r.std)} | "
+                     f"{len(r.accs)} | {len(r.failed)} | {len(r.unfinished)} |")
     errors = [e for r in rows for e in r.failed]
     if errors:
         lines += ["", "## Failed jobs", ""] + [f"- job {e}" for e in errors]
@@ -101,10 +123,11 @@ def markdown(rows: list[Row], common: dict[str, str], sweep_dir: Path) -> str:
 def csv_text(rows: list[Row]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["setting", "mean", "std", "seeds", "failed", "unfinished", "values"])
+    writer.writerow(["setting", "val_mean", "val_std", "mean", "std", "seeds", "failed", "unfinished", "values",
+                     "val_values"])
     for r in rows:
-        writer.writerow([r.setting, r.mean, r.std, len(r.accs), len(r.failed), len(r.unfinished),
-                         " ".join(f"{a:.6f}" for a in r.accs)])
+        writer.writerow([r.setting, r.val_mean, r.val_std, r.mean, r.std, len(r.accs), len(r.failed),
+                         len(r.unfinished), " ".join(f"{a:.6f}" for a in r.accs), " ".join(f"{a:.6f}" for a in r.vals)])
     return buf.getvalue()
 
 
@@ -112,11 +135,17 @@ def plot(rows: list[Row]):
     import matplotlib.pyplot as plt  # after mpl_runner.figures (imported by write_report) chose the Agg backend
 
     done = [r for r in rows if r.accs]
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(done) + 2), 4.5), layout="constrained")
-    ax.bar(range(len(done)), [100 * r.mean for r in done], yerr=[100 * r.std for r in done], capsize=4)
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(done) + 2), 4.5), layout="constrained")
+    positions = list(range(len(done)))
+    if any(r.vals for r in done):
+        ax.bar([p - 0.2 for p in positions], [100 * (r.val_mean or 0) for r in done], width=0.4, label=VAL_METRIC,
+               yerr=[100 * (r.val_std or 0) for r in done], capsize=3, color="tab:gray")
+    ax.bar([p + 0.2 for p in positions], [100 * r.mean for r in done], width=0.4, label=METRIC,
+           yerr=[100 * r.std for r in done], capsize=3, color="tab:blue")
     labels = [r.setting if len(r.setting) <= 40 else r.setting[:39] + "…" for r in done]
-    ax.set_xticks(range(len(done)), labels, rotation=30, ha="right", fontsize=7)
-    ax.set_ylabel(f"{METRIC} (%), mean ± std over seeds")
+    ax.set_xticks(positions, labels, rotation=30, ha="right", fontsize=7)
+    ax.set_ylabel("accuracy (%), mean ± std over seeds")
+    ax.legend(fontsize=7)
     return fig
 
 

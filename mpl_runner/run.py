@@ -26,7 +26,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from mpl_runner import checkpoint, distributed
+from mpl_runner import checkpoint, distributed, run_dirs
 from mpl_runner.cli_errors import one_line_error
 from mpl_runner.config import register_configs
 from mpl_runner.data import SSLData, build_dataset
@@ -109,10 +109,16 @@ def _finished_record(run_dir: Path, state: dict, steps: int) -> dict | None:
 
 def execute(cfg: DictConfig, run_dir: Path) -> Trained:
     """Train one configuration (or go on from the run dir's checkpoint); write ``metrics.json``, checkpoints,
-    figures and TensorBoard files into ``run_dir``. Every check that can fail runs before anything is written."""
+    figures and TensorBoard files into ``run_dir``. Every check that can fail runs before anything is written.
+    The run holds ``run_dir/.lock`` throughout: another mpl-run in the same dir stops before it writes anything."""
     validate(cfg)
     world = world_from_env()
     validate_world(cfg, world)
+    with run_dirs.locked(run_dir, enabled=world.is_main):  # (under torchrun, rank 0's lock stands for the run)
+        return _execute(cfg, run_dir, world)
+
+
+def _execute(cfg: DictConfig, run_dir: Path, world: World) -> Trained:
     wall_start = time.perf_counter()
     device = resolve_device(cfg.device, world)
     if cfg.trainer.num_threads is not None:
@@ -148,6 +154,10 @@ def execute(cfg: DictConfig, run_dir: Path) -> Trained:
 
     write = world.is_main  # under torchrun, rank 0 alone writes the run dir
     if write:
+        orphans = run_dirs.remove_orphans(run_dir)  # (we hold the lock: no write of ours is under way)
+        if orphans:
+            log.info(f"removed {len(orphans)} temp file(s) that a killed write left in {run_dir}: "
+                     f"{', '.join(orphans)}")
         atomic_write_json(run_dir / "labeled_indices.json",
                           {"labeled": data.labeled_indices, "validation": data.val_indices})
     sizes = ", ".join(f"{k} {count_parameters(m):,}" for k, m in method.models.items())
@@ -201,17 +211,30 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
 
 
 def discard_if_unused(run_dir: Path) -> None:
-    """After a user error: remove the config record Hydra wrote for this job and, if nothing but its log is left,
-    the run dir (a resume that failed leaves the resumed run as it was). Every rank may call it."""
+    """After a user error: remove what this command created in ``run_dir``, by name, and nothing else: the record
+    Hydra wrote for this job, its log file and lock file if this command made them, and the run dir if this
+    command made it and it is empty then (a resume that failed leaves the resumed run as it was; a dir of the
+    user's keeps every file). What the run dir held before is what :class:`mpl_runner.run_dirs.NoteRunDir` saw;
+    where nothing was noted, nothing is taken for this command's own. Every rank may call it."""
     hydra_cfg = HydraConfig.get()
-    if hydra_cfg.output_subdir is not None:
-        shutil.rmtree(run_dir / hydra_cfg.output_subdir, ignore_errors=True)
-    record_dir = run_dir / ".hydra"
+    found = run_dirs.found_before(run_dir)
+    if found is None:
+        return
     with contextlib.suppress(OSError):  # (another rank may be removing the same things)
-        if record_dir.is_dir() and not any(record_dir.iterdir()):
-            record_dir.rmdir()
-        if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {f"{hydra_cfg.job.name}.log"}:
-            shutil.rmtree(run_dir)
+        record = hydra_cfg.output_subdir
+        if record is not None and found.made(str(Path(record))):
+            shutil.rmtree(run_dir / record)  # a record dir this command made holds nothing but its record
+        elif record is not None and Path(record) == Path(".hydra"):
+            for name in run_dirs.RECORD_FILES:
+                if found.made(f".hydra/{name}"):
+                    (run_dir / ".hydra" / name).unlink(missing_ok=True)
+        if found.made(".hydra") and (run_dir / ".hydra").is_dir() and not any((run_dir / ".hydra").iterdir()):
+            (run_dir / ".hydra").rmdir()
+        for name in (f"{hydra_cfg.job.name}.log", run_dirs.LOCK_NAME):
+            if found.made(name):
+                (run_dir / name).unlink(missing_ok=True)
+        if not found.existed and run_dir.is_dir() and not any(run_dir.iterdir()):
+            run_dir.rmdir()
 
 
 def _stat(path: Path) -> tuple[int, int] | None:
@@ -276,15 +299,17 @@ def hydra_main(cfg: DictConfig) -> float:
         sys.exit(128 + err.signum)
     except Exception as err:
         if hydra_cfg.mode != RunMode.RUN:
-            # A multirun goes on with the other jobs; this one is marked failed with its error (by rank 0).
-            if world.is_main and not (run_dir / "metrics.json").exists():
+            # A multirun goes on with the other jobs; this one is marked failed with its error (by rank 0), unless
+            # another mpl-run holds its dir.
+            if world.is_main and not (run_dir / "metrics.json").exists() and not isinstance(err, run_dirs.RunDirInUse):
                 atomic_write_json(run_dir / "metrics.json", failure_record(err))
             raise
         if not isinstance(err, UserError):
             raise
         # A single run stops here, before Hydra adds its own multi-line report. An error before training (a bad
         # config, data or checkpoint) leaves no trace: no run dir, or the resumed run's dir as it was.
-        if _stat(run_dir / "metrics.json") == before:
+        # (A run dir in use: what changed there is the other process's doing.)
+        if _stat(run_dir / "metrics.json") == before or isinstance(err, run_dirs.RunDirInUse):
             discard_if_unused(run_dir)
         exit_with_error(str(err))
 

@@ -261,6 +261,9 @@ def validate_finetune(cfg) -> None:
     if not 0 <= finetune.steps < cfg.trainer.steps:
         raise ConfigError("method.finetune.steps", finetune.steps, f"0 to {cfg.trainer.steps - 1}")
     positive(cfg, "method.finetune.batch_size")
+    if finetune.steps and finetune.batch_size > cfg.dataset.num_labeled:
+        raise ConfigError("method.finetune.batch_size", finetune.batch_size,
+                          f"1 to {cfg.dataset.num_labeled} (dataset.num_labeled: a batch is drawn from them)")
     one_of(cfg, "method.finetune.name", ("sgd", "adam"))
     positive(cfg, "method.finetune.lr")
     fraction(cfg, "method.finetune.momentum")
@@ -313,6 +316,8 @@ def validate_world(cfg, world) -> None:
     else:
         sizes = {"dataset.labeled_batch_size": data.labeled_batch_size,
                  "dataset.unlabeled_ratio": data.unlabeled_ratio * data.labeled_batch_size}
+    if cfg.method.name == "mpl" and cfg.method.finetune.steps:
+        sizes["method.finetune.batch_size"] = cfg.method.finetune.batch_size
     for key, size in sizes.items():
         if size % world.size:
             raise ConfigError(key, _get(cfg, key), f"a global batch ({size}) divisible by the {world.size} ranks")

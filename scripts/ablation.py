@@ -98,7 +98,19 @@ def run_one(job: tuple[str, str, list[str], int]) -> dict:
                                                "trainer.progress=false", "trainer.checkpoint_interval=null"])
         record = run(cfg, run_dir)
     return {"benchmark": bench, "setting": setting, "seed": seed, "val": record.get("val/acc"),
-            "test": record["test/acc"], "train_seconds": record["train_seconds"]}
+            "test": record["test/acc"], "teacher_test": record.get("test/teacher/acc"),
+            "train_seconds": record["train_seconds"], "h_abs": mean_abs_h(run_dir)}
+
+
+def mean_abs_h(run_dir: Path) -> float | None:
+    """The mean |h| the run logged (TensorBoard's train/mpl/h), or None for a method without a student."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    if "train/mpl/h" not in events.Tags()["scalars"]:
+        return None
+    return float(np.mean([abs(e.value) for e in events.Scalars("train/mpl/h")]))
 
 
 def bootstrap_interval(values: np.ndarray, rng: np.random.Generator, resamples: int = 10_000) -> tuple[float, float]:
@@ -124,6 +136,9 @@ def summarise(results: list[dict]) -> dict:
             entry = {"seeds": [r["seed"] for r in got], "test": test.tolist(), "val": val.tolist(),
                      "test_mean": float(test.mean()), "test_ci": bootstrap_interval(test, rng),
                      "val_mean": float(val.mean()), "train_seconds": float(np.mean([r["train_seconds"] for r in got]))}
+            if got[0].get("h_abs") is not None:
+                entry["h_abs_mean"] = float(np.mean([r["h_abs"] for r in got]))
+                entry["teacher_test_mean"] = float(np.mean([r["teacher_test"] for r in got])) * 100
             control = bench.controls.get(setting)
             if control is not None:
                 theirs = {r["seed"]: r["test"] * 100 for r in rows if r["setting"] == control}
@@ -146,19 +161,24 @@ def markdown(summary: dict) -> str:
              "over seeds with a 95 % bootstrap interval; val: mean accuracy on the validation split. "
              "\"vs control\": the paired difference (same seeds) from the same setting with `method.feedback=none` "
              "(h measured but not fed back), with its 95 % bootstrap interval; **bold** where the interval excludes 0. "
-             "Written by `python scripts/ablation.py`.", ""]
+             "Teacher test: the MPL teacher's test accuracy (the model the feedback acts on); mean abs h: the mean "
+             "of |h| over the logged steps. Train s: training seconds per run, one thread, two runs at a time on "
+             "a 2-core CPU. Written by `python scripts/ablation.py`.", ""]
     for bench in summary.values():
         lines += [f"## {bench['title']}", "", "| setting | seeds | test mean | 95 % interval | val mean | "
-                  "vs control | 95 % interval | train s |", "|---|---:|---:|---|---:|---:|---|---:|"]
+                  "vs control | 95 % interval | teacher test | mean abs h | train s |",
+                  "|---|---:|---:|---|---:|---:|---|---:|---:|---:|"]
         for name, e in bench["settings"].items():
             diff = e.get("vs_control")
             vs = ("", "")
             if diff:
                 value = f"{diff['mean']:+.2f}"
                 vs = (f"**{value}**" if diff["significant"] else value, f"[{diff['ci'][0]:+.2f}, {diff['ci'][1]:+.2f}]")
+            teacher = f"{e['teacher_test_mean']:.2f}" if "teacher_test_mean" in e else ""
+            h = f"{e['h_abs_mean']:.1e}" if "h_abs_mean" in e else ""
             lines.append(f"| {name} | {len(e['seeds'])} | {e['test_mean']:.2f} | "
                          f"[{e['test_ci'][0]:.2f}, {e['test_ci'][1]:.2f}] | {e['val_mean']:.2f} | {vs[0]} | {vs[1]} | "
-                         f"{e['train_seconds']:.1f} |")
+                         f"{teacher} | {h} | {e['train_seconds']:.1f} |")
         lines.append("")
     return "\n".join(lines)
 

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from conftest import TINY
+from mpl_runner import run as run_module
 from mpl_runner.run import cli
 from test_cifar10_data import write_fake_cifar10
 from test_cifar10_run import TINY_CIFAR
@@ -101,6 +102,38 @@ def torch_file(obj) -> Callable[[Path], None]:
     return lambda path: torch.save(obj, path)
 
 
+def user_files(folder: Path) -> Path:
+    """A dir of the user's: notes, and a log of their own under the name Hydra gives its log file."""
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine\n")
+    (folder / "run.log").write_text("my own log\n")
+    return folder
+
+
+def in_dir(make: Callable[[Path, Path], Path], *overrides: str, run_dir: bool = False, cwd: bool = False):
+    """``overrides`` with ``{dir}`` standing for the dir ``make(tmp, finished)`` prepares, also the run dir
+    (``hydra.run.dir``) or the working dir if asked (then the setup returns it too: the arguments run there)."""
+    def setup(tmp: Path, finished: Path):
+        folder = make(tmp, finished)
+        args = [*(o.format(dir=folder) for o in overrides), *([f"hydra.run.dir={folder}"] if run_dir else [])]
+        return (args, folder) if cwd else args
+
+    return setup
+
+
+def mine(tmp: Path, _finished) -> Path:
+    return user_files(tmp / "mine")
+
+
+def empty(tmp: Path, _finished) -> Path:
+    (tmp / "empty").mkdir()
+    return tmp / "empty"
+
+
+def finished_copy(tmp: Path, finished: Path) -> Path:
+    return Path(shutil.copytree(finished, tmp / "run"))
+
+
 CASES = {
     # config values
     "unknown option": (config("method=foo"), "method=foo is not an option; choose one of: mpl, supervised, uda"),
@@ -143,6 +176,22 @@ CASES = {
     "resume into another dir": (lambda tmp, finished: [*TINY, f"trainer.resume={finished}",
                                                        f"hydra.run.dir={tmp / 'elsewhere'}"],
                                 "trainer.resume="),
+    # run dirs: never delete or write into what the run did not create
+    "resume a dir of the user's files": (lambda tmp, finished: [*TINY, f"trainer.resume={mine(tmp, finished).name}"],
+                                         "trainer.resume='mine' is not allowed: a run dir of mpl-run"),
+    "resume an empty dir": (in_dir(empty, *TINY, "trainer.resume={dir}"),
+                            "empty holds no checkpoints/last.pt and no .hydra/config.yaml"),
+    "resume the working dir": (in_dir(mine, *TINY, "trainer.resume=.", cwd=True),
+                               "trainer.resume='.' is not allowed: a run dir of mpl-run"),
+    "resume the checkpoints folder": (in_dir(finished_copy, *TINY, "trainer.resume={dir}/checkpoints"),
+                                      "(the folder that holds checkpoints/: trainer.resume="),
+    "resume the checkpoint file": (in_dir(finished_copy, *TINY, "trainer.resume={dir}/checkpoints/last.pt"),
+                                   "last.pt is a file"),
+    "resume a dir of the user's files as the run dir": (in_dir(mine, *TINY, "trainer.resume={dir}", run_dir=True),
+                                                        "there is no"),
+    "bad config in a dir of the user's files": (in_dir(mine, "trainer.steps=0", run_dir=True),
+                                                "trainer.steps=0 is not allowed"),
+    "bad config in an empty dir": (in_dir(empty, "trainer.steps=0", run_dir=True), "trainer.steps=0 is not allowed"),
 }
 
 
@@ -150,8 +199,9 @@ CASES = {
 def test_bad_input_is_one_line_and_changes_nothing(case, tmp_path, finished, monkeypatch, capsys):
     setup, message = CASES[case]
     args = setup(tmp_path, finished)
+    args, cwd = args if isinstance(args, tuple) else (args, tmp_path)  # (a case may run in a dir of its own)
     before, finished_before = tree(tmp_path), tree(finished)
-    status, stderr = run_cli(args, tmp_path, monkeypatch, capsys)
+    status, stderr = run_cli(args, cwd, monkeypatch, capsys)
     assert status == 2, stderr
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("mpl-run: error: "), stderr
@@ -159,3 +209,19 @@ def test_bad_input_is_one_line_and_changes_nothing(case, tmp_path, finished, mon
     assert "Traceback" not in stderr
     assert tree(tmp_path) == before  # nothing written, nothing changed: no run dir, no half record
     assert tree(finished) == finished_before
+
+
+@pytest.mark.parametrize("case", ["resume from nowhere", "resume a dir of the user's files", "resume an empty dir",
+                                  "resume the working dir", "resume the checkpoints folder",
+                                  "resume the checkpoint file"])
+def test_a_resume_target_that_is_no_run_dir_is_refused_before_hydra_makes_anything(case, tmp_path, finished,
+                                                                                   monkeypatch, capsys):
+    """Refused while Hydra resolves hydra.run.dir: no run dir made, no log opened there, nothing to clean up."""
+    monkeypatch.setattr(run_module, "discard_if_unused", lambda run_dir: pytest.fail(f"had to clean up {run_dir}"))
+    setup, message = CASES[case]
+    args = setup(tmp_path, finished)
+    args, cwd = args if isinstance(args, tuple) else (args, tmp_path)
+    before = tree(tmp_path)
+    status, stderr = run_cli(args, cwd, monkeypatch, capsys)
+    assert status == 2 and stderr.startswith("mpl-run: error: trainer.resume=") and message in stderr, stderr
+    assert tree(tmp_path) == before

@@ -203,6 +203,21 @@ def test_unlabeled_rest_excludes_the_labeled_images(fake):
     assert build(config(root), torch.device("cpu")).info["unlabeled_images"] == 100
 
 
+@pytest.mark.parametrize("unlabeled", ["all", "rest"])
+def test_validation_images_are_balanced_and_never_trained_on(fake, unlabeled):
+    root, _ = fake
+    train_y = read_cifar10(root)[1]
+    data = build(config(root, num_val=20, unlabeled=unlabeled), torch.device("cpu"))
+    labeled, val = data.labeled_indices, data.val_indices
+    assert np.bincount(train_y[val], minlength=10).tolist() == [2] * 10 and not set(val) & set(labeled)
+    unlabeled_rows = cifar10.unlabeled_indices(100, labeled, unlabeled, val)
+    assert not set(unlabeled_rows.tolist()) & set(val)
+    assert data.info["unlabeled_images"] == len(unlabeled_rows) == (80 if unlabeled == "all" else 50)
+    assert sum(len(y) for _, y in data.eval_splits["val"]) == 20
+    # the labeled draw is the same with or without a validation split (a split seed means one labeled set)
+    assert build(config(root), torch.device("cpu")).labeled_indices == labeled
+
+
 def test_transforms_give_normalised_float_images():
     image = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)
     transforms = [cifar10.weak_transform(), cifar10.strong_transform(2, 16, (0.02, 0.25), 1.0),

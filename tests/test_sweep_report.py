@@ -19,6 +19,7 @@ def test_failed_jobs_are_recorded_and_the_report_matches_the_metrics(tmp_path, c
     jobs = {p.name: json.loads((p / "metrics.json").read_text()) for p in sweep.iterdir() if p.name.isdigit()}
     assert len(jobs) == 4
     good = [m["test/acc"] for m in jobs.values() if m["status"] == "completed"]
+    good_val = [m["val/acc"] for m in jobs.values() if m["status"] == "completed"]
     bad = [m for m in jobs.values() if m["status"] == "failed"]
     assert len(good) == 2 and len(bad) == 2 and all("optim.lr" in m["error"] for m in bad)
 
@@ -26,6 +27,8 @@ def test_failed_jobs_are_recorded_and_the_report_matches_the_metrics(tmp_path, c
     ok = rows["optim.lr=0.1"]
     assert int(ok["seeds"]) == 2 and int(ok["failed"]) == 0
     assert float(ok["mean"]) == statistics.mean(good) and float(ok["std"]) == statistics.stdev(good)
+    assert float(ok["val_mean"]) == statistics.mean(good_val)  # val beside test: choose on one, report the other
+    assert "| setting | val mean | val std | test mean | test std |" in (sweep / "report.md").read_text()
     assert int(rows["optim.lr=-1"]["failed"]) == 2
     assert (sweep / "report.png").stat().st_size > 1000
     assert "optim.lr=-1.0 is not allowed" in (sweep / "report.md").read_text()

@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 
 import yaml
-from hydra import compose, initialize_config_module
 
 from conftest import TINY, mpl_run
-from mpl_runner.config import register_configs
 
 
 def completed_jobs(sweep):
@@ -35,25 +33,24 @@ def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
     assert len(completed_jobs(sweep)) == 2
 
 
-def test_optuna_search_maximises_test_acc(tmp_path):
+def test_optuna_search_selects_on_validation_accuracy_not_test(tmp_path):
     sweep = tmp_path / "sweep"
     result = mpl_run("hparams_search=two_moons_optuna", "hydra.sweeper.n_trials=3", *TINY,
                      "hydra.sweeper.storage=sqlite:///${hydra.sweep.dir}/optuna.db", f"hydra.sweep.dir={sweep}",
                      cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
-    accs = [m["test/acc"] for m in completed_jobs(sweep).values()]
-    assert len(accs) == 3 and best["best_value"] == max(accs)
-    assert (sweep / "optuna.db").stat().st_size > 0  # SQLite storage (optuna 2.x with SQLAlchemy < 2)
+    jobs = list(completed_jobs(sweep).values())
+    assert len(jobs) == 3 and best["best_value"] == max(m["val/acc"] for m in jobs)
+    assert (sweep / "optuna.db").stat().st_size > 0  # resumable SQLite storage
     assert set(best["best_params"]) == {"optim.lr", "dataset.strong_jitter", "method.uda.threshold",
                                         "method.uda.weight"}
 
 
-def test_slurm_preset_exposes_partition_gpus_and_time():
-    register_configs()
-    with initialize_config_module("mpl_runner.conf", version_base="1.3"):
-        cfg = compose("config", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"],
-                      return_hydra_config=True)
-    launcher = cfg.hydra.launcher
-    assert launcher._target_.endswith("SlurmLauncher")
-    assert (launcher.partition, launcher.gpus_per_node, launcher.timeout_min) == ("gpu", 1, 1440)
+def test_a_search_without_a_validation_split_is_refused_before_it_starts(tmp_path):
+    result = mpl_run("hparams_search=cifar10_optuna", "dataset.num_val=0", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "mpl-run: error: dataset.num_val=0 is not allowed: > 0 in a search: searches select on val/acc, never on "
+        "test/acc"]
+    assert not (tmp_path / "outputs").exists()

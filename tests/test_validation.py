@@ -28,6 +28,7 @@ BAD = {
     "method.uda.temperature=0": "method.uda.temperature=0.0",
     "method.student_wait_steps=500": "0 to 499",
     "method.finetune.steps=500": "0 to 499",
+    "method.finetune.batch_size=0": "method.finetune.batch_size=0",
     "device=tpu": "auto, cpu, cuda or cuda:N",
 }
 
@@ -51,3 +52,9 @@ def test_exact_variant_takes_only_the_derived_sign(make_cfg):
     validate(make_cfg(*exact, "method.feedback=none"))
     with pytest.raises(UserError, match="method.feedback"):
         validate(make_cfg(*exact, "method.feedback=new_minus_old"))
+
+
+def test_a_finetuning_batch_larger_than_the_labeled_set_is_refused(make_cfg):
+    validate(make_cfg("method.finetune.steps=10", "method.finetune.batch_size=12"))
+    with pytest.raises(UserError, match=r"method.finetune.batch_size=13 is not allowed: 1 to 12"):
+        validate(make_cfg("method.finetune.steps=10", "method.finetune.batch_size=13"))

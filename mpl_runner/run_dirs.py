@@ -1,0 +1,208 @@
+"""What ``mpl-run`` may do to a run dir it did not create: nothing.
+
+- ``trainer.resume`` must name a run dir of ours, checked while Hydra resolves ``hydra.run.dir``, before Hydra
+  creates the dir or opens its log there (:func:`resume_dir`).
+- What a run dir held before Hydra touched it is noted when the run starts (:class:`NoteRunDir`), so that a
+  command refused later removes only what it created, by name (:func:`found_before`).
+- One process at a time in a run dir: ``<run dir>/.lock``, held with ``flock`` for the whole run (:func:`locked`);
+  the kernel releases it when the process dies, however it dies.
+- Temp files a killed atomic write left (``.<name>.<random>.tmp``, :mod:`mpl_runner.files`) are removed when a run
+  goes on in that dir (:func:`remove_orphans`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from omegaconf import OmegaConf
+
+from mpl_runner.checkpoint import RELATIVE_PATH as CHECKPOINT
+from mpl_runner.errors import ConfigError, UserError
+from mpl_runner.files import FILE_MODE, temp_target
+
+#: Hydra's record of a run (what makes a dir a run dir of ours, with a checkpoint)
+RECORD = Path(".hydra") / "config.yaml"
+#: the files Hydra writes into a job's record dir (``hydra.output_subdir``)
+RECORD_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")
+LOCK_NAME = ".lock"
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / RECORD).is_file() or (path / CHECKPOINT).is_file()
+
+
+def resume_dir(resume: str | None, new_dir: str) -> str:
+    """``${mpl.run_dir:${trainer.resume},<new dir>}``: ``hydra.run.dir``, a new dir, or the run dir
+    ``trainer.resume`` names, which must be one of ours (it holds ``.hydra/config.yaml`` or
+    ``checkpoints/last.pt``). Anything else is refused here, before Hydra creates or writes anything there."""
+    if resume is None:
+        return new_dir
+    path = Path(resume)
+    if is_run_dir(path):
+        return resume
+    where = path.resolve()
+    if not path.exists():
+        problem = f"there is no {where}"
+    elif not path.is_dir():
+        problem = f"{where} is a file"
+    else:
+        problem = f"{where} holds no {CHECKPOINT} and no {RECORD}"
+    parent = next((p for p in where.parents if is_run_dir(p)), None)
+    hint = f": trainer.resume={parent}" if parent is not None else ""
+    raise ConfigError("trainer.resume", resume, f"a run dir of mpl-run (the folder that holds checkpoints/{hint}); "
+                                                f"{problem}")
+
+
+# --- what was there before ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Found:
+    """A run dir as it was before Hydra created or wrote anything in it."""
+
+    existed: bool
+    names: frozenset[str] = frozenset()  # its entries and those of its .hydra/, e.g. "run.log", ".hydra/config.yaml"
+
+    def made(self, relative: str) -> bool:
+        """Whether ``relative`` (an entry of the run dir or of its .hydra/) is new since then."""
+        return not self.existed or relative not in self.names
+
+
+_FOUND: dict[str, Found] = {}  # absolute path -> what it held; noted anew by every command
+
+
+def _note(directory: str, jobs: bool = False) -> None:
+    """Note what ``directory`` holds; with ``jobs`` (a sweep dir), also what each of its folders (jobs) holds."""
+    path = Path(os.path.abspath(directory))
+    if not path.is_dir():
+        _FOUND[str(path)] = Found(False)
+        return
+    names = {p.name for p in path.iterdir()}
+    if (path / ".hydra").is_dir():
+        names |= {f".hydra/{p.name}" for p in (path / ".hydra").iterdir()}
+    _FOUND[str(path)] = Found(True, frozenset(names))
+    for name in names if jobs else ():
+        if "/" not in name and (path / name).is_dir() and not (path / name).is_symlink():
+            _note(str(path / name))
+
+
+def found_before(run_dir: Path) -> Found | None:
+    """What ``run_dir`` held when this command started, or None where nobody noted it (then nothing in it may be
+    taken for this command's own)."""
+    key = os.path.abspath(run_dir)
+    if key in _FOUND:
+        return _FOUND[key]
+    sweep = _FOUND.get(os.path.dirname(key))  # a multirun job's dir, new since the sweep dir was noted
+    return Found(False) if sweep is not None and sweep.made(os.path.basename(key)) else None
+
+
+class NoteRunDir(Callback):
+    """Notes what the run dir (a multirun: the sweep dir) holds before Hydra creates it, opens its log there or
+    writes its record (``conf/config.yaml`` registers it under ``hydra.callbacks``)."""
+
+    def on_run_start(self, config: Any, **kwargs: Any) -> None:
+        self._note(config, "hydra.run.dir")
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        self._note(config, "hydra.sweep.dir", jobs=True)
+
+    @staticmethod
+    def _note(config: Any, key: str, jobs: bool = False) -> None:
+        _FOUND.clear()
+        before = HydraConfig.instance().cfg
+        try:
+            HydraConfig.instance().set_config(config)  # (what run_job does next; ${hydra:...} in the dir needs it)
+            _note(str(OmegaConf.select(config, key)), jobs)
+        except Exception:  # noqa: BLE001 - a bad config: Hydra reports it when it resolves the dir itself
+            pass
+        finally:
+            HydraConfig.instance().cfg = before
+
+
+# --- one process at a time -------------------------------------------------------------------------------------
+
+
+class RunDirInUse(UserError):
+    """Another ``mpl-run`` holds the run dir's lock."""
+
+
+def _lock_holder(fd: int) -> int | None:
+    """The pid holding an flock on ``fd``'s file, from /proc/locks (Linux); None where it cannot be told."""
+    st = os.fstat(fd)
+    ident = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:  # "1: FLOCK  ADVISORY  WRITE 9215 fe:00:2146559 0 EOF" (waiters show "->" after "1:")
+        fields = line.split()
+        if ident in fields and "FLOCK" in fields and "->" not in fields:
+            pid = fields[fields.index(ident) - 1]
+            return int(pid) if pid.isdigit() and int(pid) > 0 else None
+    return None
+
+
+@contextlib.contextmanager
+def locked(run_dir: Path, enabled: bool = True) -> Iterator[None]:
+    """Hold ``run_dir/.lock`` while the block runs; another process holding it raises :class:`RunDirInUse`,
+    having written nothing. The lock file is left in place (removing it would race with a process opening it)."""
+    if not enabled:
+        yield
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)  # (Hydra made it already; :func:`mpl_runner.run.run` may not have)
+    try:
+        fd = os.open(run_dir / LOCK_NAME, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+    except OSError as err:
+        if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        yield  # a dir nobody can write in: nothing to guard (a finished run requeued read-only)
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = _lock_holder(fd)
+            raise RunDirInUse(
+                f"{run_dir} is in use by another mpl-run{f' (pid {pid})' if pid else ''}; wait until it ends"
+            ) from None
+        yield
+    finally:
+        os.close(fd)  # (releases the lock)
+
+
+# --- temp files of killed writes -------------------------------------------------------------------------------
+
+
+def _written_here(folder: str, name: str) -> bool:
+    """Whether a run writes ``name`` atomically in ``folder`` ("" for the run dir itself)."""
+    if folder == "":
+        return name in ("metrics.json", "labeled_indices.json") or name.endswith(".png")
+    return Path(folder, name) == CHECKPOINT
+
+
+def remove_orphans(run_dir: Path) -> list[str]:
+    """Remove the temp files an atomic write killed midway left in ``run_dir`` and its ``checkpoints/``: only
+    ``.<name>.<8 random characters>.tmp`` beside a file a run writes there. Call it holding the run dir's lock
+    (no write of ours is under way then). Returns what it removed, relative to ``run_dir``."""
+    removed = []
+    for folder in ("", str(CHECKPOINT.parent)):
+        directory = run_dir / folder
+        if not directory.is_dir():
+            continue
+        for path in sorted(directory.iterdir()):
+            target = temp_target(path.name)
+            if target is None or not _written_here(folder, target) or path.is_symlink() or not path.is_file():
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed.append(str(path.relative_to(run_dir)))
+    return removed
