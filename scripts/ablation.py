@@ -20,6 +20,7 @@ import json
 import logging
 import multiprocessing
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +33,7 @@ NONE = "method.feedback=none"
 @dataclass
 class Benchmark:
     title: str
+    short: str  # the figure's panel title
     seeds: int
     settings: dict[str, list[str]]  # name -> overrides
     controls: dict[str, str] = field(default_factory=dict)  # MPL setting -> its feedback=none control
@@ -45,13 +47,13 @@ def _controls(settings: dict[str, list[str]]) -> dict[str, str]:
     return {name[: -len(", feedback=none")]: name for name in settings if name.endswith(", feedback=none")}
 
 
-def benchmark(title: str, seeds: int, settings: dict[str, list[str]]) -> Benchmark:
-    return Benchmark(title, seeds, settings, _controls(settings))
+def benchmark(title: str, short: str, seeds: int, settings: dict[str, list[str]]) -> Benchmark:
+    return Benchmark(title, short, seeds, settings, _controls(settings))
 
 
 BENCHMARKS = {
     "two_moons": benchmark(
-        "Two moons, 6 + 6 labels (the default run's data and MLP)", 30, {
+        "Two moons, 6 + 6 labels (the default run's data and MLP)", "two moons, 6 + 6 labels", 30, {
             "supervised": ["experiment=two_moons_supervised"],
             "uda": ["method=uda"],
             **mpl_with_control("mpl"),
@@ -60,14 +62,15 @@ BENCHMARKS = {
             **mpl_with_control("exact mpl without UDA", "experiment=two_moons_exact", "method.uda.weight=0"),
         }),
     "paper_toy": benchmark(
-        "The paper's toy (Figure 2): 3 + 3 labels, 8-8 sigmoid MLP, U(-0.1, 0.1) init, plain SGD 0.1, no UDA", 30, {
+        "The paper's toy (Figure 2): 3 + 3 labels, 8-8 sigmoid MLP, U(-0.1, 0.1) init, plain SGD 0.1, no UDA",
+        "the paper's toy, 3 + 3 labels", 30, {
             "supervised": ["experiment=two_moons_paper_supervised"],
             **mpl_with_control("mpl", "experiment=two_moons_paper"),
             **mpl_with_control("exact mpl", "experiment=two_moons_paper", "method.variant=exact",
                                "method.pseudo_label=soft"),
         }),
     "digits": benchmark(
-        "8x8 digits (scikit-learn), 5 labels per class, small CNN", 10, {
+        "8x8 digits (scikit-learn), 5 labels per class, small CNN", "8x8 digits, 5 labels a class", 10, {
             "supervised": ["experiment=digits_supervised"],
             "uda": ["experiment=digits_uda"],
             **mpl_with_control("mpl", "experiment=digits_mpl"),
@@ -126,7 +129,7 @@ def summarise(results: list[dict]) -> dict:
         rows = [r for r in results if r["benchmark"] == bench_name]
         if not rows:
             continue
-        summary = {"title": bench.title, "settings": {}}
+        summary = {"title": bench.title, "short": bench.short, "settings": {}}
         for setting in bench.settings:
             got = sorted((r for r in rows if r["setting"] == setting), key=lambda r: r["seed"])
             if not got:
@@ -189,20 +192,28 @@ def plot(summary: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(summary), figsize=(5.5 * len(summary), 4.2), squeeze=False)
-    for ax, bench in zip(axes[0], summary.values()):
+    fig, axes = plt.subplots(2, len(summary), figsize=(5 * len(summary), 8), squeeze=False,
+                             height_ratios=[3, 2], layout="constrained")
+    for (top, bottom), bench in zip(axes.T, summary.values()):
         names = list(bench["settings"])
         means = [bench["settings"][n]["test_mean"] for n in names]
         errs = np.array([[m - bench["settings"][n]["test_ci"][0], bench["settings"][n]["test_ci"][1] - m]
                          for n, m in zip(names, means)]).T
         colors = ["tab:gray" if n.endswith("feedback=none") else "tab:blue" for n in names]
-        ax.bar(range(len(names)), means, yerr=errs, capsize=3, color=colors)
-        ax.set_xticks(range(len(names)), names, rotation=35, ha="right", fontsize=7)
+        top.bar(range(len(names)), means, yerr=errs, capsize=3, color=colors)
+        top.set_xticks(range(len(names)), names, rotation=35, ha="right", fontsize=7)
         low = min(e["test_ci"][0] for e in bench["settings"].values())
-        ax.set_ylim(max(0, low - 5), 100)
-        ax.set_title(bench["title"], fontsize=8, wrap=True)
-        ax.set_ylabel("test accuracy (%), mean and 95 % interval")
-    fig.tight_layout()
+        top.set_ylim(max(0, low - 5), 100)
+        top.set_title(bench["short"], fontsize=10)
+        top.set_ylabel("test accuracy (%), mean, 95 % interval", fontsize=8)
+        paired = [(n, e["vs_control"]) for n, e in bench["settings"].items() if "vs_control" in e]
+        diffs = [d["mean"] for _, d in paired]
+        bars = np.array([[d["mean"] - d["ci"][0], d["ci"][1] - d["mean"]] for _, d in paired]).T
+        bottom.errorbar(range(len(paired)), diffs, yerr=bars, fmt="o", capsize=4, color="tab:blue")
+        bottom.axhline(0, color="k", linewidth=0.8)
+        bottom.set_xticks(range(len(paired)), [n for n, _ in paired], rotation=20, ha="right", fontsize=7)
+        bottom.set_xlim(-0.5, len(paired) - 0.5)
+        bottom.set_ylabel("feedback - control (points), 95 %", fontsize=8)
     fig.savefig(path, dpi=110)
 
 
@@ -225,8 +236,9 @@ def main(argv: list[str] | None = None) -> None:
             for seed in (seeds or range(BENCHMARKS[name].seeds))
             for setting, overrides in BENCHMARKS[name].settings.items()]
     results = []
-    with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
-        for i, result in enumerate(pool.imap_unordered(run_one, jobs), 1):
+    # (a worker that dies breaks the pool with an error, where multiprocessing.Pool would wait for it forever)
+    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for i, result in enumerate(pool.map(run_one, jobs), 1):
             results.append(result)
             print(f"[{i}/{len(jobs)}] {result['benchmark']} / {result['setting']} / seed {result['seed']}: "
                   f"test {100 * result['test']:.2f}", file=sys.stderr, flush=True)
