@@ -96,6 +96,11 @@ def load(path: Path, device: torch.device) -> dict[str, Any]:
     """Read a checkpoint (tensors land on ``device``); a file that is not one raises :class:`CheckpointError`."""
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        with path.open("rb"):  # (zipfile.is_zipfile() would take a file it may not open for a truncated one)
+            pass
+    except OSError as err:
+        raise CheckpointError(f"{path} cannot be read: {err.strerror}") from err
     if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; a cut-off one has lost its directory
         raise CheckpointError(f"{path} is truncated or not a checkpoint (not the zip archive torch.save writes)")
     try:

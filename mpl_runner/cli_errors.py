@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from mpl_runner.config import listed_option
 from mpl_runner.errors import UserError
 
 
@@ -29,7 +31,7 @@ def one_line_error(err: BaseException) -> str | None:
         cause = cause.__cause__ or (cause.__context__ if isinstance(cause, OmegaConfBaseException) else None)
     if isinstance(err, MissingConfigException) and err.missing_cfg_file:
         group, _, name = err.missing_cfg_file.rpartition("/")
-        options = [o for o in (err.options or []) if not o.startswith("schema_")]
+        options = [o for o in (err.options or []) if listed_option(o)]  # (no schema_*, no *_common)
         if group and options:
             return f"{group}={name} is not an option; choose one of: {', '.join(options)}"
         return _first_line(str(err))
@@ -40,7 +42,50 @@ def one_line_error(err: BaseException) -> str | None:
         return f"{cause.full_key}={cause.value!r}: {_first_line(cause.msg)}"
     if isinstance(err, OverrideParseException):
         return f"cannot parse the override: {_first_line(str(err))}"
+    if isinstance(err, ConfigCompositionException) and str(err).startswith("Ambiguous value"):
+        # (a sweep without -m: Hydra's own ways out, "add --multirun" among them, all on the one line)
+        return "; ".join(line.strip() for line in str(err).strip().splitlines())
     if isinstance(err, (ConfigCompositionException, OmegaConfBaseException)):
         detail = f" ({_first_line(str(cause))})" if cause is not None else ""
-        return _first_line(str(err)).rstrip(".") + detail
-    return None
+        key = getattr(err, "full_key", None)  # (e.g. hydra.run.dir=${nope}: Hydra resolves it itself)
+        return (f"{key}: " if key and key not in str(err).splitlines()[0] else "") + \
+            _first_line(str(err)).rstrip(".") + detail
+    return _group_value(err) or _run_dir_error(err)
+
+
+def _group_value(err: BaseException) -> str | None:
+    """Hydra's bare ValueError for a config group set to something other than an option's name (``method=null``,
+    ``method=3``): the override and the group's options, from the frame that raised it."""
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if not isinstance(err, ValueError) or tb is None or \
+            tb.tb_frame.f_globals.get("__name__") != "hydra._internal.defaults_list":
+        return None
+    override, repo = tb.tb_frame.f_locals.get("override"), tb.tb_frame.f_locals.get("repo")
+    if override is None or repo is None:
+        return None
+    group = override.key_or_group
+    options = sorted(o for o in repo.get_group_options(group) if not o.startswith("schema_"))
+    return f"{override.input_line} is not allowed: {group} takes the name of one of its options: {', '.join(options)}"
+
+
+def _run_dir_error(err: BaseException) -> str | None:
+    """An OSError while Hydra made the run dir, opened its log there or wrote its record (before the run started:
+    no frame of the task on the way): a run dir that is a file, or a place this user cannot write."""
+    os_error = err
+    while os_error is not None and not isinstance(os_error, OSError):
+        os_error = os_error.__cause__ or os_error.__context__
+    if os_error is None or os_error.errno is None or _in_task(err):
+        return None
+    in_the_way = " (a file is in the way)" if os_error.errno in (errno.EEXIST, errno.ENOTDIR) else ""
+    return f"hydra.run.dir: cannot make or write the run dir: {os_error.filename}: {os_error.strerror}{in_the_way}"
+
+
+def _in_task(err: BaseException) -> bool:
+    tb = err.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_name == "hydra_main" and tb.tb_frame.f_globals.get("__name__") == "mpl_runner.run":
+            return True
+        tb = tb.tb_next
+    return False

@@ -247,6 +247,55 @@ def record_dir(output_dir: str, stamp: str) -> str | None:
     return _RECORD_DIRS[key]
 
 
+#: what a multirun job's dir name may take of the file system's 255 bytes
+JOB_DIR_BYTES = 200
+
+
+def job_dir(num: int, overrides: str) -> str:
+    """``hydra.sweep.subdir``: ``<job num>_<overrides>`` (Hydra's ``override_dirname``: e.g. ``0_method=mpl,seed=0``),
+    the job number alone where there are none; a "/" in a value as "_", cut to a valid file name. The same
+    command gives the same names, so a sweep run again in its dir (``hydra.sweep.dir=``) finds its jobs."""
+    name = f"{num}_{overrides}".replace("/", "_") if overrides else str(num)
+    return name.encode()[:JOB_DIR_BYTES].decode(errors="ignore")
+
+
+def free_keys() -> list[str]:
+    """``hydra.job.config.override_dirname.exclude_keys``: what a job's dir name leaves out: the keys a resumed run
+    may change (:data:`mpl_runner.checkpoint.FREE_KEYS`) and the search preset every job of a search shares."""
+    from mpl_runner.checkpoint import FREE_KEYS
+
+    return [*FREE_KEYS, "hparams_search"]
+
+
+def listed_option(name: str) -> bool:
+    """Whether a config group option is one to choose: not a schema (``schema_*``, which the YAML files extend) nor
+    what experiment presets share (``*_common``, which they extend)."""
+    return not name.startswith("schema_") and not name.endswith("_common")
+
+
+def config_groups() -> str:
+    """``${mpl.config_groups:}``, in ``mpl-run --help``: Hydra's list of the config groups and their options
+    (``$APP_CONFIG_GROUPS``), less the options :func:`listed_option` hides."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.object_type import ObjectType
+
+    loader = GlobalHydra.instance().config_loader()
+
+    def groups(parent: str = ""):
+        for name in loader.list_groups(parent):
+            group = f"{parent}/{name}" if parent else name
+            if group != "hydra":
+                yield group
+                yield from groups(group)
+
+    lines = []
+    for group in sorted(groups()):
+        options = [o for o in sorted(loader.get_group_options(group, ObjectType.CONFIG)) if listed_option(o)]
+        if options:
+            lines.append(f"{group}: {', '.join(options)}")
+    return "\n".join(lines)
+
+
 def register_configs() -> None:
     """Store every schema as ``<group>/schema_<name>`` (what the YAML defaults lists extend) and the root."""
     # ${mpl.run_dir:<trainer.resume>,<new dir>}: where a run writes; refuses a resume target that is not a run dir
@@ -254,6 +303,9 @@ def register_configs() -> None:
     OmegaConf.register_new_resolver("mpl.sweep_dir", _sweep_dir, replace=True)
     OmegaConf.register_new_resolver("mpl.record_dir", record_dir, replace=True)
     OmegaConf.register_new_resolver("mpl.now", now, replace=True, use_cache=True)
+    OmegaConf.register_new_resolver("mpl.config_groups", config_groups, replace=True)
+    OmegaConf.register_new_resolver("mpl.job_dir", job_dir, replace=True)
+    OmegaConf.register_new_resolver("mpl.free_keys", free_keys, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="schema_config", node=Config)
     for group, schemas in SCHEMAS.items():

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from mpl_runner.logging import Tracker
 from mpl_runner.methods import Method
 from mpl_runner.methods.base import Phase
 from mpl_runner.models import eval_mode
-from mpl_runner.signals import Interrupted, StopSignals
+from mpl_runner.signals import StopSignals
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +118,7 @@ Save = Callable[[int, dict[str, Any]], None]
 
 def train(
     method: Method, data: SSLData, trainer_cfg, device: torch.device, tracker: Tracker, amp: str = "none",
-    save: Save | None = None, start: Start | None = None,
+    save: Save | None = None, start: Start | None = None, stop: StopSignals | None = None,
 ) -> dict[str, float]:
     """Run steps ``start.step + 1 .. trainer_cfg.steps`` with autocast ``amp`` (resolved: none | bf16 | fp16);
     returns the final metrics (every split, every model).
@@ -127,7 +126,8 @@ def train(
     A checkpoint is taken every ``checkpoint_interval`` steps, at the end, and when SIGTERM or Ctrl-C arrives
     (which then raises :class:`Interrupted`; under DDP at the next log step). It is taken right after the step
     and before that step's logging and evaluation, so a resumed run redoes those, and TensorBoard, told to drop
-    what an earlier attempt logged from that step on, ends up with every step once.
+    what an earlier attempt logged from that step on, ends up with every step once. ``stop``: the caller's
+    :class:`StopSignals`, active around the work after the loop too (None: the loop's own).
     """
     start = start or Start()
     world = method.world
@@ -136,7 +136,7 @@ def train(
     watch = NonFiniteWatch(device)
     stats = dict(start.stats)
     phases, phase, batches = method.phases(), None, iter(())
-    with StopSignals() as stop:
+    with (contextlib.nullcontext(stop) if stop is not None else StopSignals()) as stop:
         if start.step:
             log_.after_step(start.step, stats)
         for step in range(start.step, steps):
@@ -158,7 +158,7 @@ def train(
             if checkpoint_due:
                 save(done, {"train_seconds": log_.train_seconds(), "stats": stats})
             if stopping:
-                raise Interrupted(done, stop.received or signal.SIGTERM)
+                raise stop.interrupted(done)
             log_.after_step(done, stats)
     train_seconds = log_.train_seconds()
     confusions: dict[str, torch.Tensor] = {}

@@ -18,3 +18,8 @@ class ConfigError(UserError):
 
 class DataError(UserError):
     """A data set that is missing, truncated or not in the expected layout."""
+
+
+class JobFailed(Exception):
+    """A multirun job that crashed on something other than a user's mistake. The sweep ends with this one line
+    (exit status 2); the traceback is in that job's log."""

@@ -63,7 +63,10 @@ def confusion_figure(matrix, class_names=None):
     counts = np.asarray(matrix, dtype=float)
     rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     names = class_names or [str(i) for i in range(len(counts))]
-    fig, ax = plt.subplots(figsize=(1 + 0.55 * len(names), 0.8 + 0.5 * len(names)))
+    # constrained layout fits the labels and title in the figure, in TensorBoard's rendering and in the PNG alike;
+    # the minimum size holds the title with 2 classes
+    fig, ax = plt.subplots(figsize=(max(3.6, 1.4 + 0.55 * len(names)), max(3.0, 1.2 + 0.5 * len(names))),
+                           layout="constrained")
     ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
     for i in range(len(names)):
         for j in range(len(names)):
@@ -73,7 +76,6 @@ def confusion_figure(matrix, class_names=None):
            title=f"test accuracy {100 * np.trace(counts) / counts.sum():.2f}% (row %)")
     ax.set_xticklabels(names, rotation=45, ha="right")
     ax.set_yticklabels(names)
-    fig.tight_layout()
     return fig
 
 

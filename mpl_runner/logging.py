@@ -1,7 +1,8 @@
 """TensorBoard for one run: scalars, figures and an HParams record, all in the run's own directory.
 
 Tags (DESIGN.md section 6): ``train/<model>/<loss>``, ``train/mpl/h``, ``train/uda/mask``, ``eval/<model>/acc``,
-``lr/<model>``, ``perf/steps_per_s``; the final metrics under their ``metrics.json`` names.
+``lr/<model>``, ``perf/steps_per_s``; the final metrics as ``zz_final/<metrics.json name>`` (HParams reads them there;
+the prefix puts their one-point cards after the curves), shown in HParams under their ``metrics.json`` names.
 """
 
 from __future__ import annotations
@@ -10,8 +11,18 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+from tensorboard.plugins.hparams import api_pb2
+from tensorboard.plugins.hparams.metadata import EXPERIMENT_TAG, PLUGIN_DATA_VERSION, PLUGIN_NAME
+from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
+
+#: tag prefix of the final metrics: their one-point cards sort after the curves on the Scalars page
+FINAL_PREFIX = "zz_final/"
+#: the metrics HParams lists first (what to choose on, what to report), then the other accuracies, then the rest
+HEADLINE = ("val/acc", "test/acc")
+_HPARAM_TYPES = {bool: "DATA_TYPE_BOOL", float: "DATA_TYPE_FLOAT64", str: "DATA_TYPE_STRING"}
 
 
 def hparam_value(value: Any) -> bool | int | float | str:
@@ -51,21 +62,33 @@ class Tracker:
             return
         self.writer.add_figure(tag, fig, step, close=False)
 
-    def hparams(self, cfg: DictConfig, metrics: dict, step: int) -> None:
-        """The flattened config and final scalar metrics (not per class) as one HParams session of this run
-        (not a sub-run: ``SummaryWriter.add_hparams`` would write into a new directory, pytorch#32651).
+    def hparams(self, cfg: DictConfig, metrics: dict, step: int, leading=(), extra: dict | None = None) -> None:
+        """This run's HParams record, in its own directory (``SummaryWriter.add_hparams`` would make a sub-run,
+        pytorch#32651): the experiment (which columns, in which order), the session (the flattened config) and the
+        final scalar metrics (not per class) as scalars under :data:`FINAL_PREFIX`, where HParams reads them.
 
-        Only the session records are written, no experiment record: TensorBoard then derives the experiment from
-        all runs and lists first the hyperparameters whose values differ between them (a sweep's swept keys);
-        from a per-run experiment record it would list all 60-odd keys alphabetically.
+        TensorBoard takes the columns from one run's experiment record. It lists the hyperparameters marked as
+        differing first, then by name (``leading``: the keys this command set; in a sweep, the swept ones), and
+        shows the first five of each list: the metrics go :data:`HEADLINE` first. Integers go as text: HParams
+        shows every number as a float (seed 0 as ``0.0000``). ``extra``: more columns (the run's provenance).
         """
         if self.writer is None:
             return
-        scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and "/class_acc/" not in k}
-        _experiment, session_start, session_end = hparams(flatten(cfg), scalars)
-        for summary in (session_start, session_end):
+        finals = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+                  and "/class_acc/" not in k and k != "steps"}
+        order = sorted(finals, key=lambda k: (HEADLINE.index(k) if k in HEADLINE else len(HEADLINE),
+                                              not k.endswith("/acc"), k))
+        values = {k: str(v) if type(v) is int else v for k, v in {**flatten(cfg), **(extra or {})}.items()}
+        experiment = api_pb2.Experiment(
+            hparam_infos=[api_pb2.HParamInfo(name=k, type=api_pb2.DataType.Value(_HPARAM_TYPES[type(v)]),
+                                             differs=k in leading) for k, v in values.items()],
+            metric_infos=[api_pb2.MetricInfo(name=api_pb2.MetricName(tag=FINAL_PREFIX + k), display_name=k)
+                          for k in order],
+        )
+        _unused, session_start, session_end = hparams(values, {})
+        for summary in (_hparams_summary(EXPERIMENT_TAG, experiment=experiment), session_start, session_end):
             self.writer.file_writer.add_summary(summary)
-        self.scalars(step, scalars)
+        self.scalars(step, {k: finals[k] for k in order}, prefix=FINAL_PREFIX)
 
     def flush(self) -> None:
         if self.writer is not None:
@@ -74,3 +97,10 @@ class Tracker:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def _hparams_summary(tag: str, **plugin_data) -> Summary:
+    """A summary of TensorBoard's HParams plugin (as torch's ``hparams`` packs its own)."""
+    content = HParamsPluginData(version=PLUGIN_DATA_VERSION, **plugin_data).SerializeToString()
+    metadata = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name=PLUGIN_NAME, content=content))
+    return Summary(value=[Summary.Value(tag=tag, metadata=metadata)])

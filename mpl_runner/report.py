@@ -3,8 +3,9 @@ searches and choices go by) beside ``test/acc`` (reported, never selected on).
 
 ``mpl-report <sweep dir>`` or, at the end of every multirun, the :class:`SweepReport` Hydra callback. Reads each
 job's ``.hydra/overrides.yaml`` and ``metrics.json``; works on a half-finished or partly failed sweep (a job
-without a completed ``metrics.json`` counts as failed or unfinished). Writes ``report.md``, ``report.csv`` and
-``report.png`` into the sweep dir.
+without a completed ``metrics.json`` counts as failed or unfinished; one whose files cannot be read is listed as
+unreadable). Writes ``report.md``, ``report.csv`` and ``report.png`` into the sweep dir, and nothing into a dir
+that holds no jobs.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import argparse
 import csv
 import io
 import json
+import math
+import re
 import statistics
 import sys
 from dataclasses import dataclass, field
@@ -25,10 +28,12 @@ from hydra.types import RunMode
 from omegaconf.errors import OmegaConfBaseException
 
 from mpl_runner.distributed import world_from_env
+from mpl_runner.errors import one_line
 from mpl_runner.files import atomic_write_bytes
 
 METRIC = "test/acc"
 VAL_METRIC = "val/acc"
+PROVENANCE = "provenance/"  # which code and machine made a job's numbers (mpl_runner/provenance.py)
 SEED_KEYS = ("seed",)
 
 
@@ -47,6 +52,7 @@ class Row:
     vals: list[float] = field(default_factory=list)  # val/acc of those that have a validation split
     failed: list[str] = field(default_factory=list)  # "<job>: <error>"
     unfinished: list[str] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)  # "<job>: metrics.json: <why>"
 
     @property
     def mean(self) -> float | None:
@@ -69,65 +75,132 @@ def _parse(overrides: list[str]) -> dict[str, str]:
     return dict(o.split("=", 1) if "=" in o else (o, "") for o in overrides)
 
 
-def collect(sweep_dir: Path) -> tuple[list[Row], dict[str, str]]:
-    """Rows keyed by the values that differ between jobs (seed aside), and the overrides all jobs share."""
-    jobs = sorted((p for p in sweep_dir.iterdir() if (p / ".hydra" / "overrides.yaml").exists()),
-                  key=lambda p: (len(p.name), p.name))
-    overrides = {job: _parse(yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or []) for job in jobs}
+class Unreadable(Exception):
+    """A job file that is not what a run writes: ``<file>: <why>``."""
+
+
+def _job_order(job: Path) -> tuple[float, str]:
+    """Jobs by number (dirs ``<num>`` or ``<num>_<overrides>``)."""
+    num = re.match(r"\d+", job.name)
+    return (int(num.group()) if num else math.inf, job.name)
+
+
+def _overrides(job: Path) -> dict[str, str]:
+    path = job / ".hydra" / "overrides.yaml"
+    try:
+        overrides = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise Unreadable(f".hydra/overrides.yaml: {one_line(err)[:200]}") from None
+    overrides = [] if overrides is None else overrides
+    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+        raise Unreadable(".hydra/overrides.yaml: not a list of overrides")
+    return _parse(overrides)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _metrics(job: Path) -> dict[str, Any] | None:
+    """The job's run record, or None where it has none yet (unfinished)."""
+    try:
+        metrics = json.loads((job / "metrics.json").read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise Unreadable(f"metrics.json: {one_line(err)[:200]}") from None
+    if not isinstance(metrics, dict) or metrics.get("status") not in ("completed", "interrupted", "failed"):
+        raise Unreadable("metrics.json: not a run record (its status is none of completed, interrupted, failed)")
+    if metrics["status"] == "completed" and not (
+        _number(metrics.get(METRIC)) and (metrics.get(VAL_METRIC) is None or _number(metrics[VAL_METRIC]))
+    ):
+        raise Unreadable(f"metrics.json: completed, but {METRIC} or {VAL_METRIC} is not a finite number")
+    return metrics
+
+
+@dataclass
+class Sweep:
+    rows: list[Row]  # one per setting of the swept keys (seed aside)
+    common: dict[str, str]  # the overrides every job shares
+    unreadable: list[str]  # "<job>: <file>: <why>", every job with a file that could not be read
+    jobs: int  # folders that hold .hydra/overrides.yaml
+    provenance: dict[str, list[str]] = field(default_factory=dict)  # a key on which jobs differ -> its values
+
+
+def collect(sweep_dir: Path) -> Sweep:
+    """Rows keyed by the values that differ between jobs (seed aside), and the overrides all jobs share. A job whose
+    overrides cannot be read is in no row; one whose metrics.json cannot be read counts as unreadable in its row."""
+    jobs = sorted((p for p in sweep_dir.iterdir() if (p / ".hydra" / "overrides.yaml").is_file()), key=_job_order)
+    overrides, unreadable = {}, []
+    for job in jobs:
+        try:
+            overrides[job] = _overrides(job)
+        except Unreadable as err:
+            unreadable.append((job, f"{job.name}: {err}"))
     keys = {k for o in overrides.values() for k in o if k.lstrip("+~") not in SEED_KEYS}
     swept = sorted(k for k in keys if len({o.get(k) for o in overrides.values()}) > 1)
     common = {k: v for k, v in next(iter(overrides.values()), {}).items() if k in keys and k not in swept}
     rows: dict[str, Row] = {}
-    for job in jobs:
+    origins: dict[str, set[str]] = {}
+    for job in overrides:
         setting = " ".join(f"{k}={overrides[job].get(k, '(default)')}" for k in swept) or "(all jobs)"
         row = rows.setdefault(setting, Row(setting))
         try:
-            metrics = json.loads((job / "metrics.json").read_text())
-        except FileNotFoundError:
+            metrics = _metrics(job)
+        except Unreadable as err:
+            row.unreadable.append(f"{job.name}: {err}")
+            unreadable.append((job, f"{job.name}: {err}"))
+            continue
+        for key, value in (metrics or {}).items():
+            if key.startswith(PROVENANCE):
+                origins.setdefault(key, set()).add(str(value))
+        if metrics is None or metrics["status"] == "interrupted":  # (stopped by a signal: a checkpoint to go on from)
             row.unfinished.append(job.name)
-            continue
-        except json.JSONDecodeError as err:
-            row.failed.append(f"{job.name}: unreadable metrics.json ({err})")
-            continue
-        if metrics.get("status") == "completed" and METRIC in metrics:
+        elif metrics["status"] == "completed":
             row.accs.append(float(metrics[METRIC]))
             if metrics.get(VAL_METRIC) is not None:
                 row.vals.append(float(metrics[VAL_METRIC]))
-        elif metrics.get("status") == "interrupted":  # stopped by a signal, with a checkpoint to go on from
-            row.unfinished.append(job.name)
         else:
-            row.failed.append(f"{job.name}: {metrics.get('error', metrics.get('status', 'unknown'))}")
-    return list(rows.values()), common
+            row.failed.append(f"{job.name}: {metrics.get('error', 'failed')}")
+    unreadable.sort(key=lambda entry: _job_order(entry[0]))
+    differ = {k: sorted(v) for k, v in sorted(origins.items()) if len(v) > 1}
+    return Sweep(list(rows.values()), common, [text for _, text in unreadable], len(jobs), differ)
 
 
 def _pct(value: float | None) -> str:
     return "" if value is None else f"{100 * value:.2f}"
 
 
-def markdown(rows: list[Row], common: dict[str, str], sweep_dir: Path) -> str:
-    shared = " ".join(f"{k}={v}" for k, v in common.items()) or "none"
+def markdown(sweep: Sweep, sweep_dir: Path) -> str:
+    shared = " ".join(f"{k}={v}" for k, v in sweep.common.items()) or "none"
     lines = [f"# Sweep report: {sweep_dir}", "",
-             f"`{VAL_METRIC}` and `{METRIC}` (%) over seeds: choose on val, report test. Failed and unfinished "
-             f"jobs are listed, not averaged. Overrides shared by every job: `{shared}`.", "",
-             "| setting | val mean | val std | test mean | test std | seeds | failed | unfinished |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
+             f"`{VAL_METRIC}` and `{METRIC}` (%) over seeds: choose on val, report test. Failed, unfinished and "
+             f"unreadable jobs are listed, not averaged. Overrides shared by every job: `{shared}`.", "",
+             "| setting | val mean | val std | test mean | test std | seeds | failed | unfinished | unreadable |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in sweep.rows:
         lines.append(f"| {r.setting} | {_pct(r.val_mean)} | {_pct(r.val_std)} | {_pct(r.mean)} | {_pct(r.std)} | "
-                     f"{len(r.accs)} | {len(r.failed)} | {len(r.unfinished)} |")
-    errors = [e for r in rows for e in r.failed]
+                     f"{len(r.accs)} | {len(r.failed)} | {len(r.unfinished)} | {len(r.unreadable)} |")
+    errors = [e for r in sweep.rows for e in r.failed]
     if errors:
         lines += ["", "## Failed jobs", ""] + [f"- job {e}" for e in errors]
+    if sweep.unreadable:
+        lines += ["", "## Unreadable jobs", ""] + [f"- job {e}" for e in sweep.unreadable]
+    if sweep.provenance:
+        lines += ["", "## Jobs made by different code or machines", ""] + [
+            f"- `{k}`: " + ", ".join(f"`{v}`" for v in values) for k, values in sweep.provenance.items()]
     return "\n".join(lines) + "\n"
 
 
 def csv_text(rows: list[Row]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["setting", "val_mean", "val_std", "mean", "std", "seeds", "failed", "unfinished", "values",
-                     "val_values"])
+    writer.writerow(["setting", "val_mean", "val_std", "mean", "std", "seeds", "failed", "unfinished", "unreadable",
+                     "values", "val_values"])
     for r in rows:
         writer.writerow([r.setting, r.val_mean, r.val_std, r.mean, r.std, len(r.accs), len(r.failed),
-                         len(r.unfinished), " ".join(f"{a:.6f}" for a in r.accs), " ".join(f"{a:.6f}" for a in r.vals)])
+                         len(r.unfinished), len(r.unreadable), " ".join(f"{a:.6f}" for a in r.accs),
+                         " ".join(f"{a:.6f}" for a in r.vals)])
     return buf.getvalue()
 
 
@@ -149,16 +222,20 @@ def plot(rows: list[Row]):
     return fig
 
 
-def write_report(sweep_dir: Path) -> tuple[list[Row], dict[str, str]]:
+def write_report(sweep_dir: Path, sweep: Sweep | None = None) -> Sweep:
+    """Write ``report.*`` for ``sweep`` (collected from ``sweep_dir`` unless given); a dir without jobs gets
+    nothing."""
     sweep_dir = Path(sweep_dir)
-    rows, common = collect(sweep_dir)
-    atomic_write_bytes(sweep_dir / "report.md", markdown(rows, common, sweep_dir).encode())
-    atomic_write_bytes(sweep_dir / "report.csv", csv_text(rows).encode())
-    if any(r.accs for r in rows):
+    sweep = sweep or collect(sweep_dir)
+    if not sweep.jobs:
+        return sweep
+    atomic_write_bytes(sweep_dir / "report.md", markdown(sweep, sweep_dir).encode())
+    atomic_write_bytes(sweep_dir / "report.csv", csv_text(sweep.rows).encode())
+    if any(r.accs for r in sweep.rows):
         from mpl_runner.figures import save_png  # matplotlib only when there is something to plot
 
-        save_png(plot(rows), sweep_dir / "report.png")
-    return rows, common
+        save_png(plot(sweep.rows), sweep_dir / "report.png")
+    return sweep
 
 
 class SweepReport(Callback):
@@ -190,12 +267,14 @@ def main(argv: list[str] | None = None) -> None:
     if not args.sweep_dir.is_dir():
         print(f"mpl-report: error: {args.sweep_dir} is not a directory", file=sys.stderr)
         sys.exit(2)
-    rows, common = write_report(args.sweep_dir)
-    if not rows:
+    sweep = collect(args.sweep_dir)
+    if not sweep.jobs:  # not a sweep dir: nothing is written there
         print(f"mpl-report: error: no jobs (no */.hydra/overrides.yaml) under {args.sweep_dir}", file=sys.stderr)
         sys.exit(2)
-    print(markdown(rows, common, args.sweep_dir), end="")
-    print(f"wrote {args.sweep_dir}/report.md, report.csv" + (", report.png" if any(r.accs for r in rows) else ""))
+    write_report(args.sweep_dir, sweep)
+    print(markdown(sweep, args.sweep_dir), end="")
+    print(f"wrote {args.sweep_dir}/report.md, report.csv"
+          + (", report.png" if any(r.accs for r in sweep.rows) else ""))
 
 
 if __name__ == "__main__":

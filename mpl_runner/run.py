@@ -23,8 +23,11 @@ import hydra
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from mpl_runner import checkpoint, distributed, run_dirs
 from mpl_runner.cli_errors import one_line_error
@@ -32,14 +35,15 @@ from mpl_runner.config import register_configs
 from mpl_runner.data import SSLData, build_dataset
 from mpl_runner.distributed import World, world_from_env
 from mpl_runner.engine import Start, resolve_amp, train
-from mpl_runner.errors import ConfigError, UserError
+from mpl_runner.errors import ConfigError, JobFailed, UserError, one_line
 from mpl_runner.figures import confusion_figure, save_png
-from mpl_runner.files import atomic_write_json
-from mpl_runner.logging import Tracker
+from mpl_runner.files import atomic_write_json, write_error
+from mpl_runner.logging import Tracker, flatten
 from mpl_runner.methods import Method, build_method
 from mpl_runner.models import build_model, count_parameters
-from mpl_runner.signals import Interrupted
-from mpl_runner.validate import validate, validate_world
+from mpl_runner.provenance import provenance
+from mpl_runner.signals import Interrupted, StopSignals
+from mpl_runner.validate import config_warnings, validate, validate_overrides, validate_world
 
 log = logging.getLogger("mpl_runner")
 
@@ -121,6 +125,7 @@ def execute(cfg: DictConfig, run_dir: Path) -> Trained:
 def _execute(cfg: DictConfig, run_dir: Path, world: World) -> Trained:
     wall_start = time.perf_counter()
     device = resolve_device(cfg.device, world)
+    origin = provenance(device, world.size)  # which code and machine: into metrics.json and HParams
     if cfg.trainer.num_threads is not None:
         torch.set_num_threads(cfg.trainer.num_threads)
     checkpoint_path = run_dir / checkpoint.RELATIVE_PATH
@@ -138,6 +143,8 @@ def _execute(cfg: DictConfig, run_dir: Path, world: World) -> Trained:
     if amp == "fp16":
         method.enable_grad_scaling(device)
     method.skip_nonfinite = cfg.trainer.skip_nonfinite
+    for warning in config_warnings(cfg, device.type, amp, world.distributed) if world.is_main else ():
+        log.warning(warning)
     if world.distributed:
         method.distribute(world, device, cfg.trainer.sync_batchnorm)
     if cfg.trainer.compile:
@@ -178,28 +185,42 @@ def _execute(cfg: DictConfig, run_dir: Path, world: World) -> Trained:
             checkpoint.save(checkpoint_path, step, cfg, method, loop)
         last_checkpoint = step
 
-    try:
-        metrics = train(method, data, cfg.trainer, device, tracker, amp, save=save, start=start)
-        figures = {"confusion_matrix": confusion_figure(metrics["test/confusion"], data.class_names)}
-        if data.figures:
-            figures.update(data.figures(method.eval_models()))
-        for stem, fig in figures.items():
-            tracker.figure(stem, fig, cfg.trainer.steps)
+    steps = cfg.trainer.steps
+    # SIGTERM / Ctrl-C stop the loop after a step, and the work after it (final evaluation, figures, HParams) at
+    # the next piece: either way metrics.json says "interrupted", with the checkpoint to go on from.
+    with StopSignals() as stop:
+        try:
+            metrics = train(method, data, cfg.trainer, device, tracker, amp, save=save, start=start, stop=stop)
+            stop.check(steps)
+            figures = {"confusion_matrix": confusion_figure(metrics["test/confusion"], data.class_names)}
+            if data.figures:
+                figures.update(data.figures(method.eval_models()))
+            for stem, fig in figures.items():
+                stop.check(steps)
+                tracker.figure(stem, fig, steps)
+                if write:
+                    save_png(fig, run_dir / f"{stem}.png")
+            metrics["wall_seconds"] = time.perf_counter() - wall_start
+            stop.check(steps)
+            tracker.hparams(cfg, metrics, steps, leading=hparams_leading(cfg), extra=origin)
+            stop.check(steps)
+        except BaseException as err:
             if write:
-                save_png(fig, run_dir / f"{stem}.png")
-        metrics["wall_seconds"] = time.perf_counter() - wall_start
-        tracker.hparams(cfg, metrics, cfg.trainer.steps)
-    except BaseException as err:
+                try:
+                    atomic_write_json(run_dir / "metrics.json", {**failure_record(err, last_checkpoint), **origin})
+                except (OSError, UserError) as record_err:  # (a full disk refuses the record too: report `err`)
+                    log.warning(f"metrics.json does not record this failure: {record_err}")
+            raise
+        finally:
+            tracker.close()
+        record = {"status": "completed", "method": cfg.method.name, "handed_out": method.handed_out, **metrics,
+                  **origin}
+        if world.distributed:
+            record["world_size"] = world.size
         if write:
-            atomic_write_json(run_dir / "metrics.json", failure_record(err, last_checkpoint))
-        raise
-    finally:
-        tracker.close()
-    record = {"status": "completed", "method": cfg.method.name, "handed_out": method.handed_out, **metrics}
-    if world.distributed:
-        record["world_size"] = world.size
-    if write:
-        atomic_write_json(run_dir / "metrics.json", record)
+            atomic_write_json(run_dir / "metrics.json", record)
+        if stop.received is not None:  # (while the record was written: the run is complete)
+            raise stop.interrupted(steps, completed=True)
     log.info(f"test/acc {100 * metrics['test/acc']:.2f}% ({method.handed_out}); "
              f"trained {metrics['train_seconds']:.1f}s; metrics in {run_dir / 'metrics.json'}")
     return Trained(record, method, data)
@@ -241,6 +262,11 @@ def _stat(path: Path) -> tuple[int, int] | None:
     return (path.stat().st_mtime_ns, path.stat().st_size) if path.exists() else None
 
 
+def written(run_dir: Path) -> tuple:
+    """What tells whether a run wrote its record or trained: its ``metrics.json`` and checkpoint, as they are."""
+    return _stat(run_dir / "metrics.json"), _stat(run_dir / checkpoint.RELATIVE_PATH)
+
+
 def resume_hint(run_dir: Path, mode: RunMode) -> str:
     """The command that goes on from ``run_dir``'s checkpoint."""
     hydra_cfg = HydraConfig.get()
@@ -251,6 +277,28 @@ def resume_hint(run_dir: Path, mode: RunMode) -> str:
     if mode == RunMode.MULTIRUN:
         return f"{command} (this job alone), or rerun the sweep with hydra.sweep.dir={hydra_cfg.sweep.dir}"
     return command
+
+
+def hparams_leading(cfg: DictConfig) -> set[str]:
+    """The flattened config keys this command set (in a sweep: the swept ones, as the sweep dir's ``multirun.yaml``
+    or the search space says), which TensorBoard's HParams lists first; keys that only say where and how a run
+    computes (:data:`checkpoint.FREE_KEYS`) aside. A group override names the group's ``name`` key."""
+    if not HydraConfig.initialized():
+        return set()
+    hydra_cfg = HydraConfig.get()
+    keys = [o.split("=", 1)[0].lstrip("+~") for o in hydra_cfg.overrides.task]
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        swept = set((hydra_cfg.sweeper.get("params") or {}).keys())
+        try:
+            sweep = OmegaConf.load(Path(hydra_cfg.sweep.dir) / "multirun.yaml").hydra.overrides.task
+            swept |= {o.key_or_group for o in OverridesParser.create().parse_overrides(list(sweep))
+                      if o.is_sweep_override()}
+        except (OSError, ValueError, OmegaConfBaseException, HydraException):
+            pass
+        keys = [k for k in keys if k in swept] or keys
+    flat = flatten(cfg)
+    named = {k if k in flat else f"{k}.name" for k in keys}
+    return {k for k in named if k in flat and k not in checkpoint.FREE_KEYS}
 
 
 #: what ``mpl-run`` returns to Hydra, so what searches optimise: never a test number
@@ -278,7 +326,7 @@ def exit_with_error(message: str) -> NoReturn:
 def hydra_main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
-    before = _stat(run_dir / "metrics.json")
+    before = written(run_dir)
     world = world_from_env()
     distributed.start(world)  # a SLURM job with several tasks (under torchrun, cli() started it)
     if not world.is_main:
@@ -288,14 +336,20 @@ def hydra_main(cfg: DictConfig) -> float:
         discard_if_unused(run_dir)
         exit_with_error(f"trainer.resume={cfg.trainer.resume!r} is not allowed: null in a multirun (-m)")
     try:
+        validate_overrides(cfg, hydra_cfg.overrides.task)
         if is_search(hydra_cfg):
             require_validation_split(cfg)
         return run(cfg, run_dir).get(SELECTION_METRIC)
     except Interrupted as err:
-        if world.is_main:
+        if world.is_main and err.completed:
+            print(f"mpl-run: {err.signum.name} came after the last step ({err.step}); the run is complete: "
+                  f"{run_dir / 'metrics.json'}", file=sys.stderr)
+        elif world.is_main:
             print(f"mpl-run: stopped by {err.signum.name} after step {err.step}; checkpoint in "
                   f"{run_dir / checkpoint.RELATIVE_PATH}. Resume with: {resume_hint(run_dir, hydra_cfg.mode)}",
                   file=sys.stderr)
+        if err.handover is not None:  # submitit's handler (requeues the job, then exits): the run is saved now
+            err.handover(err.signum, None)
         sys.exit(128 + err.signum)
     except Exception as err:
         if hydra_cfg.mode != RunMode.RUN:
@@ -303,15 +357,24 @@ def hydra_main(cfg: DictConfig) -> float:
             # another mpl-run holds its dir.
             if world.is_main and not (run_dir / "metrics.json").exists() and not isinstance(err, run_dirs.RunDirInUse):
                 atomic_write_json(run_dir / "metrics.json", failure_record(err))
-            raise
-        if not isinstance(err, UserError):
+            if isinstance(err, UserError):
+                raise
+            # A crash: the sweep ends with one line (cli()), its traceback goes to the job's log file.
+            where = log_traceback(err)
+            raise JobFailed(f"job {hydra_cfg.job.num} ({run_dir}) failed: {one_line(err)}"
+                            + (f"; traceback in {where}" if where else "")) from err
+        # (a file the run could not write: a full disk, a read-only place)
+        place = getattr(err, "filename", None) or run_dir
+        user_error = err if isinstance(err, UserError) else write_error(err, place, denied=False)
+        if user_error is None:
             raise
         # A single run stops here, before Hydra adds its own multi-line report. An error before training (a bad
-        # config, data or checkpoint) leaves no trace: no run dir, or the resumed run's dir as it was.
+        # config, data or checkpoint) leaves no trace: no run dir, or the resumed run's dir as it was. A run that
+        # wrote a checkpoint keeps it, with its log and record.
         # (A run dir in use: what changed there is the other process's doing.)
-        if _stat(run_dir / "metrics.json") == before or isinstance(err, run_dirs.RunDirInUse):
+        if written(run_dir) == before or isinstance(err, run_dirs.RunDirInUse):
             discard_if_unused(run_dir)
-        exit_with_error(str(err))
+        exit_with_error(str(user_error))
 
 
 def cli() -> None:
@@ -320,7 +383,10 @@ def cli() -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"
     distributed.start(world_from_env())  # under torchrun: join the process group before Hydra names the run dir
     try:
+        refuse_empty_output_dir(sys.argv[1:])
         hydra_main()
+    except JobFailed as err:  # a multirun job crashed: the first such error, in one line
+        exit_with_error(str(err))
     except Exception as err:  # noqa: BLE001 - anything not a user mistake is re-raised below
         message = one_line_error(err)
         if message is None:
@@ -328,6 +394,37 @@ def cli() -> None:
         exit_with_error(message)
     finally:
         distributed.stop()
+
+
+OUTPUT_DIR_KEYS = ("hydra.run.dir", "hydra.sweep.dir")
+
+
+def refuse_empty_output_dir(args: list[str]) -> None:
+    """``hydra.run.dir=`` or ``hydra.sweep.dir=`` with nothing after it would make Hydra write into the working dir.
+    Refused here, from the command line that ``hydra_main`` is about to read: before Hydra starts, nothing it could
+    write is written (a Hydra callback cannot refuse: Hydra turns its errors into warnings)."""
+    parser = OverridesParser.create()
+    for arg in args:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        try:
+            override = parser.parse_overrides([arg])[0]
+        except HydraException:
+            continue  # (Hydra reports it)
+        if override.key_or_group in OUTPUT_DIR_KEYS and not str(override.value()).strip():
+            raise ConfigError(override.key_or_group, override.value(),
+                              "a directory; leave it unset for a new one under outputs/")
+
+
+def log_traceback(err: BaseException) -> str | None:
+    """Write ``err`` with its traceback to the run's log file alone (not the console); returns that file's path,
+    or None where there is none."""
+    files = [h for h in logging.root.handlers if isinstance(h, logging.FileHandler)]
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "the job failed", None,
+                            (type(err), err, err.__traceback__))
+    for handler in files:
+        handler.handle(record)
+    return files[0].baseFilename if files else None
 
 
 def quiet_logging() -> None:

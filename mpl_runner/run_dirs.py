@@ -47,7 +47,16 @@ def resume_dir(resume: str | None, new_dir: str) -> str:
     if resume is None:
         return new_dir
     path = Path(resume)
-    if is_run_dir(path):
+    try:
+        found = is_run_dir(path)
+    except OSError as err:  # (a folder this user may not search: is_file() raises)
+        raise ConfigError("trainer.resume", resume, f"a run dir this user can read and write; {err.filename}: "
+                                                    f"{err.strerror}") from err
+    if found and not os.access(path, os.R_OK | os.W_OK | os.X_OK):
+        raise ConfigError("trainer.resume", resume, f"a run dir this user can read and write (the run writes its "
+                                                    f"log, record and checkpoints there); {path.resolve()}: "
+                                                    "permission denied")
+    if found:
         return resume
     where = path.resolve()
     if not path.exists():

@@ -6,10 +6,13 @@ Each failure raises :class:`ConfigError` naming the key, the value and what is a
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from omegaconf.nodes import BooleanNode
 
 from mpl_runner.errors import ConfigError, UserError
 from mpl_runner.models.mlp import ACTIVATIONS
@@ -31,14 +34,32 @@ def positive(cfg, key: str, optional: bool = False) -> None:
     value = _get(cfg, key)
     if value is None and optional:
         return
-    if value is None or value <= 0:
-        raise ConfigError(key, value, "a number > 0" + (" or null" if optional else ""))
+    if value is None or not 0 < value < math.inf:  # (nan and inf too)
+        raise ConfigError(key, value, "a finite number > 0" + (" or null" if optional else ""))
 
 
 def at_least(cfg, key: str, low: float) -> None:
     value = _get(cfg, key)
-    if value < low:
-        raise ConfigError(key, value, f"a number >= {low}")
+    if not low <= value < math.inf:  # (nan and inf too)
+        raise ConfigError(key, value, f"a finite number >= {low}")
+
+
+def count(cfg, key: str, low: int, high: int, optional: bool = False, why: str = "") -> None:
+    """An integer from ``low`` to ``high``: a seed, size or count that numpy, scikit-learn or torch takes as it is."""
+    value = _get(cfg, key)
+    if value is None and optional:
+        return
+    if not (isinstance(value, int) and not isinstance(value, bool) and low <= value <= high):
+        raise ConfigError(key, value, f"an integer from {low} to {high}{why}" + (" or null" if optional else ""))
+
+
+def sizes(cfg, key: str, high: int, what: str) -> None:
+    """A non-empty list of integers from 1 to ``high`` (layer widths, channel counts)."""
+    value = _get(cfg, key)
+    items = list(value) if isinstance(value, ListConfig) else []
+    if not items or not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= high for v in items):
+        shown = OmegaConf.to_container(value) if isinstance(value, ListConfig) else value
+        raise ConfigError(key, shown, f"a non-empty list of {what} from 1 to {high}, e.g. [64, 64]")
 
 
 def fraction(cfg, key: str, optional: bool = False, closed: bool = False) -> None:
@@ -63,8 +84,64 @@ def reject_unknown_keys(node: DictConfig, prefix: str = "") -> None:
             reject_unknown_keys(child, f"{prefix}{key}.")
 
 
+SEEDS = (0, 2**32 - 1)  # what numpy and scikit-learn take as a seed
+MAX_WIDTH = 65536  # units of a layer, channels of a convolution: a 65536 x 65536 layer alone holds 16 GiB
+
+
+def validate_seeds(cfg) -> None:
+    for key in ("seed", "dataset.split_seed", "dataset.test_seed", "dataset.val_seed"):
+        if key == "seed" or key.split(".")[1] in cfg.dataset:
+            count(cfg, key, *SEEDS, why=" (numpy's seeds)")
+
+
+def validate_names(cfg) -> None:
+    """``dataset.name``, ``model.name`` and ``method.name`` say which option of the group was chosen; another name
+    would make the run read keys that option does not have."""
+    for group in ("dataset", "model", "method"):
+        schema = OmegaConf.get_type(cfg[group])
+        fields = {f.name: f.default for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else {}
+        if isinstance(fields.get("name"), str) and cfg[group].name != fields["name"]:
+            raise ConfigError(f"{group}.name", cfg[group].name,
+                              f"{fields['name']} (choose another {group} with {group}=<option>, not with its name)")
+
+
+def resolvable(cfg) -> None:
+    """Every value is set (not ``???``) and every interpolation resolves: otherwise whatever reads the key first
+    fails with a traceback. Names the key whose own value fails, not those that merely refer to it (``${seed}``)."""
+    try:
+        OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        return
+    except OmegaConfBaseException:
+        pass
+    raw = dict(_leaves(OmegaConf.to_container(cfg, resolve=False)))
+    failed = {}
+    for key in raw:
+        try:
+            node = OmegaConf.select(cfg, key, throw_on_missing=True)
+            if isinstance(node, ListConfig):
+                OmegaConf.to_container(node, resolve=True, throw_on_missing=True)
+        except OmegaConfBaseException as err:
+            failed[key] = err
+    for key, err in failed.items():
+        if not any(ref in failed for ref in re.findall(r"\$\{([\w.]+)\}", str(raw[key]))):
+            if raw[key] == "???":
+                raise ConfigError(key, raw[key], "a value (??? stands for none)")
+            raise ConfigError(key, raw[key], f"an interpolation that resolves ({str(err).splitlines()[0]})")
+
+
+def _leaves(node, prefix: str = ""):
+    for key, value in node.items():
+        if isinstance(value, dict):
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
 def validate(cfg: DictConfig) -> None:
     reject_unknown_keys(cfg)
+    resolvable(cfg)
+    validate_seeds(cfg)
+    validate_names(cfg)
     validate_trainer(cfg)
     validate_device(cfg.device)
     validate_dataset(cfg)
@@ -76,7 +153,7 @@ def validate(cfg: DictConfig) -> None:
 def validate_trainer(cfg) -> None:
     for key in ("trainer.steps", "trainer.eval_interval", "trainer.log_interval"):
         positive(cfg, key)
-    positive(cfg, "trainer.num_threads", optional=True)
+    count(cfg, "trainer.num_threads", 1, 1024, optional=True)
     positive(cfg, "trainer.progress_interval", optional=True)
     positive(cfg, "trainer.checkpoint_interval", optional=True)
     one_of(cfg, "trainer.amp", ("none", "bf16", "fp16", "auto"))
@@ -96,8 +173,8 @@ def validate_device(device: str) -> None:
 def validate_dataset(cfg) -> None:
     data = cfg.dataset
     if data.name == "two_moons":
+        count(cfg, "dataset.points_per_class", 1, 10**6)
         num_classes, num_points = 2, 2 * data.points_per_class
-        positive(cfg, "dataset.points_per_class")
         at_least(cfg, "dataset.noise", 0)
         at_least(cfg, "dataset.weak_jitter", 0)
         at_least(cfg, "dataset.strong_jitter", 0)
@@ -110,7 +187,9 @@ def validate_dataset(cfg) -> None:
         one_of(cfg, "dataset.unlabeled", ("all", "rest"))
         for key in ("labeled_batch_size", "unlabeled_ratio", "eval_batch_size"):
             positive(cfg, f"dataset.{key}")
-        at_least(cfg, "dataset.num_workers", 0)
+        count(cfg, "dataset.num_workers", 0, 64, why=" (worker processes a loader)")
+        if not str(data.root).strip():
+            raise ConfigError("dataset.root", data.root, "the folder that holds cifar-10-batches-py/")
         if not 0 <= data.randaugment_num_ops <= 14:
             raise ConfigError("dataset.randaugment_num_ops", data.randaugment_num_ops, "0 to 14 (RandAugment's ops)")
         one_of(cfg, "dataset.randaugment", ("official", "torchvision"))
@@ -125,8 +204,9 @@ def validate_dataset(cfg) -> None:
         if not 0 <= data.cutout_size <= 32 or data.cutout_size % 2:
             raise ConfigError("dataset.cutout_size", data.cutout_size, "an even number of pixels from 0 to 32")
         fraction(cfg, "dataset.cutout_probability", closed=True)
-        low_high = list(data.cutout_scale)
-        if len(low_high) != 2 or not 0 <= low_high[0] <= low_high[1] <= 1:
+        low_high = OmegaConf.to_container(data.cutout_scale)
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in low_high)
+        if len(low_high) != 2 or not numbers or not 0 <= low_high[0] <= low_high[1] <= 1:
             raise ConfigError("dataset.cutout_scale", low_high, "[low, high] with 0 <= low <= high <= 1")
     elif data.name == "digits":
         num_classes = 10
@@ -140,6 +220,9 @@ def validate_dataset(cfg) -> None:
             "dataset.num_labeled", n, f"a multiple of {num_classes} (the classes, drawn balanced) "
             f"from {num_classes} to {num_points} (the training set)"
         )
+    if data.name in ("two_moons", "digits") and data.labeled_batch_size is not None and data.labeled_batch_size > n:
+        raise ConfigError("dataset.labeled_batch_size", data.labeled_batch_size,
+                          f"1 to {n} (dataset.num_labeled: a batch is drawn from them), or null for all of them")
 
 
 DIGITS_IMAGES = 1797  # sklearn's load_digits
@@ -166,23 +249,22 @@ def validate_digits(cfg) -> None:
 
 def validate_model(cfg) -> None:
     if cfg.model.name == "mlp":
-        if any(h <= 0 for h in cfg.model.hidden_sizes):
-            raise ConfigError("model.hidden_sizes", list(cfg.model.hidden_sizes), "a list of sizes > 0")
+        sizes(cfg, "model.hidden_sizes", MAX_WIDTH, "layer sizes")
         one_of(cfg, "model.activation", sorted(ACTIVATIONS))
         fraction(cfg, "model.dropout")
+        one_of(cfg, "model.init", ("default", "uniform"))
+        positive(cfg, "model.init_scale")
     elif cfg.model.name == "wide_resnet":
-        if cfg.model.depth < 10 or (cfg.model.depth - 4) % 6:
-            raise ConfigError("model.depth", cfg.model.depth, "10, 16, 22, 28, ... (6n + 4)")
-        positive(cfg, "model.widen_factor")
+        if not 10 <= cfg.model.depth <= 1000 or (cfg.model.depth - 4) % 6:
+            raise ConfigError("model.depth", cfg.model.depth, "10, 16, 22, 28, ... (6n + 4) up to 1000")
+        count(cfg, "model.widen_factor", 1, MAX_WIDTH // 64, why=" (the last stage has 64 x widen_factor channels)")
         fraction(cfg, "model.dropout")
         fraction(cfg, "model.bn_momentum", closed=True)
         positive(cfg, "model.bn_eps")
         at_least(cfg, "model.leaky_relu_slope", 0)
-        positive(cfg, "model.stem_width")
+        count(cfg, "model.stem_width", 1, MAX_WIDTH)
     elif cfg.model.name == "small_cnn":
-        widths = list(cfg.model.widths)
-        if not widths or any(w <= 0 for w in widths):
-            raise ConfigError("model.widths", widths, "a non-empty list of channel counts > 0")
+        sizes(cfg, "model.widths", MAX_WIDTH, "channel counts")
         fraction(cfg, "model.dropout")
         fraction(cfg, "model.bn_momentum", closed=True)
     else:
@@ -211,13 +293,18 @@ def validate_model_fits_data(cfg) -> None:
         )
 
 
+def validate_optimizer(cfg, prefix: str) -> None:
+    """The keys an optimizer is built from (methods/optim.py): ``optim`` and ``method.finetune``."""
+    one_of(cfg, f"{prefix}.name", ("sgd", "adam"))
+    positive(cfg, f"{prefix}.lr")
+    fraction(cfg, f"{prefix}.momentum")
+    at_least(cfg, f"{prefix}.weight_decay", 0)
+    one_of(cfg, f"{prefix}.schedule", ("constant", "cosine"))
+    at_least(cfg, f"{prefix}.warmup_steps", 0)
+
+
 def validate_optim(cfg) -> None:
-    one_of(cfg, "optim.name", ("sgd", "adam"))
-    positive(cfg, "optim.lr")
-    fraction(cfg, "optim.momentum")
-    at_least(cfg, "optim.weight_decay", 0)
-    one_of(cfg, "optim.schedule", ("constant", "cosine"))
-    at_least(cfg, "optim.warmup_steps", 0)
+    validate_optimizer(cfg, "optim")
     positive(cfg, "optim.grad_clip", optional=True)
 
 
@@ -264,12 +351,7 @@ def validate_finetune(cfg) -> None:
     if finetune.steps and finetune.batch_size > cfg.dataset.num_labeled:
         raise ConfigError("method.finetune.batch_size", finetune.batch_size,
                           f"1 to {cfg.dataset.num_labeled} (dataset.num_labeled: a batch is drawn from them)")
-    one_of(cfg, "method.finetune.name", ("sgd", "adam"))
-    positive(cfg, "method.finetune.lr")
-    fraction(cfg, "method.finetune.momentum")
-    at_least(cfg, "method.finetune.weight_decay", 0)
-    one_of(cfg, "method.finetune.schedule", ("constant", "cosine"))
-    at_least(cfg, "method.finetune.warmup_steps", 0)
+    validate_optimizer(cfg, "method.finetune")
     fraction(cfg, "method.finetune.label_smoothing")
 
 
@@ -295,6 +377,22 @@ def validate_exact(cfg) -> None:
         raise ConfigError("method.feedback", method.feedback, "old_minus_new or none with method.variant=exact")
     if cfg.trainer.amp in ("fp16", "auto"):
         raise ConfigError("trainer.amp", cfg.trainer.amp, "none or bf16 with method.variant=exact (no grad scaler)")
+
+
+def validate_overrides(cfg, overrides) -> None:
+    """What only the command line shows: OmegaConf turns any number into a bool (``trainer.compile=2`` is true),
+    and yes/no/on/off too; an override of a bool key must say true or false."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser  # (Hydra's own parser, as it read them)
+
+    lines = OmegaConf.to_container(overrides) if isinstance(overrides, ListConfig) else list(overrides)  # (unresolved)
+    for override in OverridesParser.create().parse_overrides(lines):
+        if override.is_delete() or override.is_sweep_override():
+            continue
+        parent_key, _, name = override.key_or_group.rpartition(".")
+        parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
+        node = parent._get_node(name) if isinstance(parent, DictConfig) and name in parent else None
+        if isinstance(node, BooleanNode) and not node._is_interpolation() and not isinstance(override.value(), bool):
+            raise ConfigError(override.key_or_group, override.value(), "true or false")
 
 
 def validate_world(cfg, world) -> None:
@@ -326,3 +424,38 @@ def validate_world(cfg, world) -> None:
     on_cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
     if cfg.trainer.sync_batchnorm and not on_cuda:
         raise ConfigError("trainer.sync_batchnorm", True, "false on the CPU (PyTorch's SyncBatchNorm needs CUDA)")
+
+
+def config_warnings(cfg, device_type: str, amp: str, distributed: bool) -> list[str]:
+    """Settings that run, but hardly as meant: the run logs each once, as a warning (console and run.log).
+    ``amp``: the precision ``trainer.amp`` resolved to on ``device_type``; ``distributed``: more than one process."""
+    found = []
+    if amp == "fp16" and device_type == "cpu":
+        found.append("trainer.amp=fp16 on the CPU: float16 autocast is slower there than float32 (the default "
+                     "two-moons run: about 2.7x); trainer.amp=auto picks none on the CPU")
+    if cfg.trainer.sync_batchnorm and not distributed:
+        found.append("trainer.sync_batchnorm=true on one process: there is nothing to synchronise (it acts under "
+                     "torchrun or in a multi-task SLURM job)")
+    method, optim = cfg.method, cfg.optim
+    mpl = method.name == "mpl"
+    steps = cfg.trainer.steps - (method.finetune.steps if mpl else 0)
+    spans = "trainer.steps - method.finetune.steps" if mpl and method.finetune.steps else "trainer.steps"
+    never = "the lr is still warming up when its schedule ends"
+    teacher_warns = optim.warmup_steps >= steps
+    if teacher_warns:
+        found.append(f"optim.warmup_steps={optim.warmup_steps} >= the {steps} steps its lr schedule spans ({spans}): "
+                     f"{never}")
+    if mpl:
+        student_steps = steps - method.student_wait_steps
+        own = method.student_warmup_steps is not None
+        warmup = method.student_warmup_steps if own else optim.warmup_steps
+        if warmup >= student_steps and (own or not teacher_warns):
+            setting = (f"method.student_warmup_steps={warmup}" if own else
+                       f"optim.warmup_steps={warmup} (the student's too: method.student_warmup_steps=null)")
+            found.append(f"{setting} >= the student's {student_steps} steps ({spans} - method.student_wait_steps): "
+                         f"{never}")
+        finetune = method.finetune
+        if finetune.steps and finetune.warmup_steps >= finetune.steps:
+            found.append(f"method.finetune.warmup_steps={finetune.warmup_steps} >= method.finetune.steps="
+                         f"{finetune.steps}: {never}")
+    return found

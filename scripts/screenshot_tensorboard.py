@@ -22,7 +22,8 @@ from pathlib import Path
 PAGES = {"tensorboard_scalars.png": "#scalars", "tensorboard_hparams.png": "#hparams"}
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run", "--hide-scrollbars", "--window-size=1400,900",
+    "--disable-sync", "--no-first-run", "--hide-scrollbars",
+    "--window-size=1800,900",  # (wide enough for the first metric columns of HParams' table)
     "--virtual-time-budget=15000",
 ]
 

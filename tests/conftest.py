@@ -41,3 +41,39 @@ def completed_run(cwd: Path, *args: str) -> Path:
     result = mpl_run(*args, "hydra.run.dir=run", cwd=cwd)
     assert result.returncode == 0, result.stderr
     return cwd / "run"
+
+
+def job_dirs(sweep: Path) -> list[Path]:
+    """A multirun's job dirs (``<job num>_<overrides>``), by job number."""
+    jobs = [p for p in sweep.iterdir() if p.is_dir() and p.name.split("_", 1)[0].isdigit()]
+    return sorted(jobs, key=lambda p: int(p.name.split("_", 1)[0]))
+
+
+def cli_in_process(args: list[str], cwd: Path, monkeypatch, capsys) -> tuple[int, str, str]:
+    """``mpl-run *args`` in ``cwd``, in this process (0.3 s instead of 5 s for a fresh interpreter):
+    (exit status, stdout, stderr)."""
+    from mpl_runner.run import cli
+
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "argv", ["mpl-run", *args])
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")  # cli() sets it; this puts the old value back afterwards
+    capsys.readouterr()
+    try:
+        cli()
+        status = 0
+    except SystemExit as exit_:
+        status = exit_.code
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def finished_in_process(cwd: Path, *args: str) -> Path:
+    """``mpl-run *args`` run to the end in this process, into ``cwd/run``, which it returns."""
+    from mpl_runner.run import cli
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(cwd)
+        mp.setattr(sys, "argv", ["mpl-run", *args, "hydra.run.dir=run"])
+        mp.setenv("HYDRA_FULL_ERROR", "1")
+        cli()
+    return cwd / "run"

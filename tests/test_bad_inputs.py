@@ -11,7 +11,6 @@ import argparse
 import os
 import pickle
 import shutil
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,25 +18,16 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY
+from conftest import TINY, cli_in_process, finished_in_process
 from mpl_runner import run as run_module
-from mpl_runner.run import cli
 from test_cifar10_data import write_fake_cifar10
 from test_cifar10_run import TINY_CIFAR
 
 
 def run_cli(args: list[str], cwd: Path, monkeypatch, capsys) -> tuple[int, str]:
     """``mpl-run *args`` in ``cwd``: (exit status, stderr)."""
-    monkeypatch.chdir(cwd)
-    monkeypatch.setattr(sys, "argv", ["mpl-run", *args])
-    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")  # cli() sets it; this puts the old value back afterwards
-    capsys.readouterr()
-    try:
-        cli()
-        status = 0
-    except SystemExit as exit_:
-        status = exit_.code
-    return status, capsys.readouterr().err
+    status, _out, err = cli_in_process(args, cwd, monkeypatch, capsys)
+    return status, err
 
 
 def tree(root: Path) -> dict[Path, tuple[int, int] | None]:
@@ -48,13 +38,7 @@ def tree(root: Path) -> dict[Path, tuple[int, int] | None]:
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory) -> Path:
     """A finished two-moons run dir with its checkpoint."""
-    cwd = tmp_path_factory.mktemp("finished")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(cwd)
-        mp.setattr(sys, "argv", ["mpl-run", *TINY, "trainer.checkpoint_interval=10", "hydra.run.dir=run"])
-        mp.setenv("HYDRA_FULL_ERROR", "1")
-        cli()
-    return cwd / "run"
+    return finished_in_process(tmp_path_factory.mktemp("finished"), *TINY, "trainer.checkpoint_interval=10")
 
 
 # --- the cases: each prepares tmp_path and returns the arguments ------------------------------------------------

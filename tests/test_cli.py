@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import subprocess
 
 import pytest
+import torch
 import yaml
 
-from conftest import TINY, mpl_run
+from conftest import REPO, TINY, job_dirs, mpl_run
 
 
 def test_single_run_writes_its_record(tmp_path):
@@ -22,6 +24,11 @@ def test_single_run_writes_its_record(tmp_path):
     assert metrics["steps"] == 30 and 0.5 <= metrics["test/acc"] <= 1.0
     assert len(json.loads((run_dir / "labeled_indices.json").read_text())["labeled"]) == 12
     assert 0.5 <= metrics["val/acc"] <= 1.0 and metrics["val/acc"] == metrics["val/student/acc"]
+    # which code and machine made it (from a checkout: its commit)
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    assert metrics["provenance/git_commit"] == commit and metrics["provenance/torch"] == torch.__version__
+    assert metrics["provenance/world_size"] == 1 and metrics["provenance/device_name"]
+    assert "mpl_runner" in metrics["provenance/command"] and f"hydra.run.dir={run_dir}" in metrics["provenance/command"]
     assert (run_dir / "decision_boundary.png").stat().st_size > 10_000
     assert (run_dir / ".hydra" / "config.yaml").exists()
     assert list(run_dir.glob("events.out.tfevents.*"))
@@ -34,14 +41,15 @@ def test_multirun_runs_every_combination_in_its_own_dir(tmp_path):
         "-m", "method=supervised,uda,mpl", "seed=0,1,2", *TINY, f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr
-    jobs = sorted(p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit())
+    jobs = job_dirs(sweep_dir)
     assert len(jobs) == 9
     seen = set()
-    for job in jobs:
+    for num, job in enumerate(jobs):
         overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
         metrics = json.loads((job / "metrics.json").read_text())
         method = next(o.split("=")[1] for o in overrides if o.startswith("method="))
         seen.add((method, next(o for o in overrides if o.startswith("seed="))))
+        assert job.name == f"{num}_{','.join(sorted(overrides))}"  # e.g. 0_method=supervised,seed=0,trainer...
         assert metrics["status"] == "completed" and metrics["method"] == method
         assert list(job.glob("events.out.tfevents.*"))
     assert len(seen) == 9

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import completed_run, mpl_run
+from conftest import completed_run, job_dirs, mpl_run
 from test_cifar10_data import write_fake_cifar10
 from test_resume import interrupt, scalars, start
 from test_cifar10_run import TINY_CIFAR
@@ -90,7 +90,7 @@ def test_a_submitit_job_with_two_tasks_trains_with_ddp(tmp_path):
     result = mpl_run("-m", "hydra/launcher=local_submitit", "hydra.launcher.tasks_per_node=2", *TWO_MOONS,
                      f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    job = sweep / "0"
+    [job] = job_dirs(sweep)
     metrics = json.loads((job / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["world_size"] == 2
     assert len(list(job.glob("events.out.tfevents.*"))) == 1 and not list((job / ".hydra").glob("resumed_*"))

@@ -316,7 +316,7 @@ def test_ema_after_k_updates_follows_its_formula(make_cfg):
 
 def test_finetuning_trains_the_student_alone_with_its_own_optimizer_and_schedule(make_cfg):
     method = make_mpl(make_cfg, "optim.lr=0.1", "method.finetune.steps=2", "method.finetune.lr=0.01",
-                      "method.finetune.momentum=0", "method.finetune.weight_decay=0.5", "optim.grad_clip=1e-3")
+                      "method.finetune.batch_size=12", "method.finetune.momentum=0", "method.finetune.weight_decay=0.5", "optim.grad_clip=1e-3")
     assert [(p.start, p.views) for p in method.phases()] == [(0, "ssl"), (8, "labeled")]
     teacher, student = weights(method.teacher), weights(method.student)
     batch = make_batch()
@@ -332,6 +332,6 @@ def test_finetuning_trains_the_student_alone_with_its_own_optimizer_and_schedule
 
 
 def test_finetuning_goes_through_the_grad_scaler(make_cfg):
-    method = make_mpl(make_cfg, "method.finetune.steps=2")
+    method = make_mpl(make_cfg, "method.finetune.steps=2", "method.finetune.batch_size=12")
     method.enable_grad_scaling(CPU)
     assert set(method.scalers) == {"teacher", "student", "finetune"}

@@ -28,9 +28,9 @@ TWO_MOONS = [
 
 
 def stable(run_dir: Path) -> dict:
-    """metrics.json without the timings."""
+    """metrics.json without the timings and the command line (the resumed one names trainer.resume)."""
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    return {k: v for k, v in metrics.items() if k not in TIMING}
+    return {k: v for k, v in metrics.items() if k not in TIMING and k != "provenance/command"}
 
 
 def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
@@ -39,7 +39,7 @@ def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     events = EventAccumulator(str(run_dir))
     events.Reload()
     return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]
-            if not tag.startswith("perf/") and tag not in TIMING}
+            if not tag.startswith("perf/") and tag.rpartition("/")[2] not in TIMING}  # (zz_final/train_seconds)
 
 
 def start(args: list[str], cwd: Path) -> subprocess.Popen:

@@ -6,6 +6,7 @@ import json
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
 from conftest import TINY
 from mpl_runner.run import run
@@ -28,14 +29,20 @@ def test_tensorboard_has_losses_accuracies_lrs_figure_and_hparams(make_cfg, tmp_
     scalars = set(events.Tags()["scalars"])
     for tag in ("train/teacher/loss", "train/teacher/loss_sup", "train/teacher/loss_uda", "train/teacher/loss_mpl",
                 "train/student/loss", "train/mpl/h", "train/uda/mask", "eval/teacher/acc", "eval/student/acc",
-                "lr/teacher", "lr/student", "perf/steps_per_s", "test/acc"):
+                "lr/teacher", "lr/student", "perf/steps_per_s", "zz_final/test/acc"):
         assert tag in scalars, tag
     assert [e.step for e in events.Scalars("eval/student/acc")] == [10, 20, 30]
     assert {"decision_boundary", "confusion_matrix"} <= set(events.Tags()["images"])
     plugins = events.PluginTagToContent("hparams")
     assert {"_hparams_/session_start_info", "_hparams_/session_end_info"} <= set(plugins)
     assert b"method.name" in plugins["_hparams_/session_start_info"]
-    assert "test/acc" in scalars  # the final metrics, which TensorBoard shows as HParams metric columns
+    # the final metrics, which HParams shows as its metric columns, under a prefix that puts them after the curves
+    assert "test/acc" not in scalars and events.Scalars("zz_final/test/acc")[0].step == 30
+    experiment = HParamsPluginData.FromString(plugins["_hparams_/experiment"]).experiment
+    assert [m.display_name for m in experiment.metric_infos][:2] == ["val/acc", "test/acc"]
+    assert experiment.metric_infos[1].name.tag == "zz_final/test/acc"
+    start = HParamsPluginData.FromString(plugins["_hparams_/session_start_info"]).session_start_info
+    assert start.hparams["seed"].string_value == "0" and start.hparams["optim.lr"].number_value == 0.1
 
 
 def test_metrics_json_matches_the_returned_record(make_cfg, tmp_path):

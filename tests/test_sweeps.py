@@ -6,11 +6,12 @@ import json
 
 import yaml
 
-from conftest import TINY, mpl_run
+from conftest import TINY, job_dirs, mpl_run
+from test_config_warnings import run_cli
 
 
 def completed_jobs(sweep):
-    return {p.name: json.loads((p / "metrics.json").read_text()) for p in sweep.iterdir() if p.name.isdigit()}
+    return {p.name: json.loads((p / "metrics.json").read_text()) for p in job_dirs(sweep)}
 
 
 def test_submitit_local_launcher_runs_each_job_in_its_own_process(tmp_path):
@@ -54,3 +55,22 @@ def test_a_search_without_a_validation_split_is_refused_before_it_starts(tmp_pat
         "mpl-run: error: dataset.num_val=0 is not allowed: > 0 in a search: searches select on val/acc, never on "
         "test/acc"]
     assert not (tmp_path / "outputs").exists()
+
+
+def test_a_sweep_run_again_in_its_dir_finds_each_jobs_dir(tmp_path, monkeypatch, capsys):
+    """Job dirs are named by their overrides, less those a resumed run may change (device, progress, ...): the
+    same command with hydra.sweep.dir=<its dir> finds every job's dir, skips the finished ones, resumes the rest."""
+    sweep = tmp_path / "sweep"
+    args = ["-m", "seed=0,1", *TINY, "trainer.checkpoint_interval=10", f"hydra.sweep.dir={sweep}"]
+    assert run_cli(args, tmp_path, monkeypatch, capsys)[0] == 0
+    jobs = job_dirs(sweep)
+    assert [j.name for j in jobs] == [  # (trainer.checkpoint_interval left out: a resumed run may change it)
+        f"{n}_seed={n},trainer.eval_interval=10,trainer.log_interval=10,trainer.steps=30" for n in (0, 1)]
+    (jobs[1] / "metrics.json").unlink()  # as if killed after its last checkpoint
+
+    status, _, stderr = run_cli([*args, "device=cpu", "trainer.progress=false"], tmp_path, monkeypatch, capsys)
+    assert status == 0, stderr
+    assert job_dirs(sweep) == jobs
+    assert "already finished" in (jobs[0] / "run.log").read_text()
+    assert "resuming" in (jobs[1] / "run.log").read_text()
+    assert json.loads((jobs[1] / "metrics.json").read_text())["status"] == "completed"

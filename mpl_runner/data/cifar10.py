@@ -69,6 +69,8 @@ def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         with path.open("rb") as f:
             entry = _ArrayUnpickler(f, encoding="bytes").load()
+    except PermissionError:
+        raise  # (build() names dataset.root)
     except OSError as err:
         raise DataError(f"{path} could not be read: {one_line(err)}") from err
     except Exception as err:  # bad bytes make pickle raise almost anything
@@ -94,6 +96,8 @@ def _images(rows: np.ndarray) -> np.ndarray:
 
 
 def _missing_folder(folder: Path) -> str:
+    if folder.parent.is_file():
+        return f"dataset.root={folder.parent} is a file: set it to the directory that holds {FOLDER}/"
     return (
         f"CIFAR-10 folder {folder} is missing: set dataset.root to the directory that holds {FOLDER}/, "
         "or dataset.download=true to fetch it"
@@ -314,8 +318,11 @@ def _check_batches(cfg, num_labeled: int, num_unlabeled: int) -> None:
 
 def build(cfg, device: torch.device) -> SSLData:
     root = Path(cfg.root).expanduser()
-    ensure_cifar10(root, cfg.download)
-    train_x, train_y, test_x, test_y = read_cifar10(root)
+    try:
+        ensure_cifar10(root, cfg.download)
+        train_x, train_y, test_x, test_y = read_cifar10(root)
+    except PermissionError as err:  # (a folder or file under dataset.root that this user may not read)
+        raise DataError(f"dataset.root={cfg.root}: {err.filename or root}: permission denied") from err
     _check(cfg, len(train_y))
     labeled, val = labeled_and_validation(train_y, cfg.num_labeled, cfg.num_val, NUM_CLASSES, seed=cfg.split_seed)
     unlabeled = unlabeled_indices(len(train_y), labeled, cfg.unlabeled, val)
