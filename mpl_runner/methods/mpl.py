@@ -8,7 +8,8 @@ first_order (the paper's and the official code's update, hard pseudo labels y_ha
     teacher loss = CE(T(x_l), y_l) + UDA + h * CE(T(x_u), y_hat)
   A first-order Taylor expansion gives old - new = eta * grad L_l . grad L_u, so h > 0 when the labels helped
   and descending h * CE(T(x_u), y_hat) makes the teacher more likely to give such labels again (REINFORCE on
-  the student's labeled loss). ``feedback=new_minus_old`` flips the sign, as the official code does.
+  the student's labeled loss). ``feedback=new_minus_old`` flips the sign, as the official code does;
+  ``feedback=none`` is the control: h is measured and logged, the teacher's MPL term is 0.
 
 exact (small models): soft pseudo labels p = softmax(T(x_u)); the teacher differentiates the student's labeled
 loss after one SGD step on p, L_l(theta_S - eta * grad L_u(theta_S, p)), through that step by autograd.
@@ -152,7 +153,7 @@ class MPL(Method):
         self.step_optimizer("student")
         self._update_ema()
         new = self.student_labeled_loss(batch, masks)
-        loss_mpl = look.meta_loss if self.cfg.feedback != "none" else look.meta_loss.detach() * 0
+        loss_mpl = look.meta_loss if self.cfg.feedback != "none" else torch.zeros_like(look.meta_loss.detach())
         return loss_mpl, {"student/loss": look.student_loss.detach(), "mpl/h": old - new}
 
     def _finetune_step(self, batch):
