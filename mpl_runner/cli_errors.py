@@ -66,7 +66,7 @@ def _group_value(err: BaseException) -> str | None:
     if override is None or repo is None:
         return None
     group = override.key_or_group
-    options = sorted(o for o in repo.get_group_options(group) if not o.startswith("schema_"))
+    options = sorted(o for o in repo.get_group_options(group) if listed_option(o))
     return f"{override.input_line} is not allowed: {group} takes the name of one of its options: {', '.join(options)}"
 
 

@@ -222,9 +222,15 @@ def _sweep_dir(resume: str | None, sweeper: str, num_val: int | None, sweep_dir:
             "trainer.resume", resume, "null in a multirun (-m): to resume a sweep, run it again with "
             "hydra.sweep.dir=<its dir>, and each job goes on from its own checkpoint"
         )
+    require_validation_split(sweeper, num_val)
+    return sweep_dir
+
+
+def require_validation_split(sweeper: str, num_val: int | None) -> None:
+    """A search (a sweeper that reads what jobs return, unlike Hydra's basic one) selects on val/acc: a data set
+    without a validation split (``dataset.num_val=0``) is refused."""
     if num_val == 0 and not sweeper.endswith(".BasicSweeper"):
         raise ConfigError("dataset.num_val", 0, "> 0 in a search: searches select on val/acc, never on test/acc")
-    return sweep_dir
 
 
 _RECORD_DIRS: dict[tuple[str, str], str] = {}

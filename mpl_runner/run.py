@@ -31,7 +31,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from mpl_runner import checkpoint, distributed, run_dirs
 from mpl_runner.cli_errors import one_line_error
-from mpl_runner.config import register_configs
+from mpl_runner.config import register_configs, require_validation_split
 from mpl_runner.data import SSLData, build_dataset
 from mpl_runner.distributed import World, world_from_env
 from mpl_runner.engine import Start, resolve_amp, train
@@ -305,17 +305,6 @@ def hparams_leading(cfg: DictConfig) -> set[str]:
 SELECTION_METRIC = "val/acc"
 
 
-def is_search(hydra_cfg) -> bool:
-    """Whether the sweeper reads what jobs return (Optuna and other searches), unlike Hydra's basic sweeper."""
-    return hydra_cfg.mode == RunMode.MULTIRUN and not hydra_cfg.sweeper._target_.endswith(".BasicSweeper")
-
-
-def require_validation_split(cfg: DictConfig) -> None:
-    """Searches select on validation accuracy; a data set without a validation split is refused."""
-    if cfg.dataset.get("num_val", 1) == 0:
-        raise ConfigError("dataset.num_val", 0, "> 0 in a search: searches select on val/acc, never on test/acc")
-
-
 def exit_with_error(message: str) -> NoReturn:
     if world_from_env().is_main:  # (under torchrun every rank finds the same mistake; one says it)
         print(f"mpl-run: error: {message}", file=sys.stderr)
@@ -337,8 +326,8 @@ def hydra_main(cfg: DictConfig) -> float:
         exit_with_error(f"trainer.resume={cfg.trainer.resume!r} is not allowed: null in a multirun (-m)")
     try:
         validate_overrides(cfg, hydra_cfg.overrides.task)
-        if is_search(hydra_cfg):
-            require_validation_split(cfg)
+        if hydra_cfg.mode == RunMode.MULTIRUN:  # (the sweep dir's resolver checks it too, unless it was given)
+            require_validation_split(hydra_cfg.sweeper._target_, cfg.dataset.get("num_val"))
         return run(cfg, run_dir).get(SELECTION_METRIC)
     except Interrupted as err:
         if world.is_main and err.completed:

@@ -405,10 +405,10 @@ def validate_world(cfg, world) -> None:
             "dataset.labeled_batch_size": data.labeled_batch_size or data.num_labeled,
             "dataset.unlabeled_batch_size": data.unlabeled_batch_size or 2 * data.points_per_class,
         }
-    elif data.name == "digits":  # a batch size of null, or above its set, means the whole set
+    elif data.name == "digits":  # a batch size of null means the whole set, as does an unlabeled one above it
         num_unlabeled = DIGITS_IMAGES - data.test_size - data.num_val
         sizes = {
-            "dataset.labeled_batch_size": min(data.labeled_batch_size or data.num_labeled, data.num_labeled),
+            "dataset.labeled_batch_size": data.labeled_batch_size or data.num_labeled,
             "dataset.unlabeled_batch_size": min(data.unlabeled_batch_size or num_unlabeled, num_unlabeled),
         }
     else:

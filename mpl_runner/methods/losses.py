@@ -6,11 +6,8 @@ import torch
 import torch.nn.functional as F
 
 
-def soft_cross_entropy(logits: torch.Tensor, target_probs: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
-    """Mean over the batch of ``-sum_c p_c log softmax(logits)_c``, with ``p`` smoothed towards uniform as
-    ``F.cross_entropy`` smooths hard labels."""
-    if label_smoothing:
-        target_probs = (1 - label_smoothing) * target_probs + label_smoothing / target_probs.shape[-1]
+def soft_cross_entropy(logits: torch.Tensor, target_probs: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of ``-sum_c p_c log softmax(logits)_c``."""
     return -(target_probs * F.log_softmax(logits, dim=-1)).sum(dim=-1).mean()
 
 

@@ -127,10 +127,8 @@ class MPL(Method):
         masks = self.dropout_seed()
         old = self.student_labeled_loss(batch, masks)
         s_logits_us = self.net("student")(batch.x_us)
-        if pseudo.is_floating_point():  # soft labels (with feedback=none: what the official code computes)
-            loss_student = soft_cross_entropy(s_logits_us, pseudo, self.cfg.label_smoothing)
-        else:
-            loss_student = F.cross_entropy(s_logits_us, pseudo, label_smoothing=self.cfg.label_smoothing)
+        # (hard labels, or soft ones: with feedback=none, what the official code computes)
+        loss_student = F.cross_entropy(s_logits_us, pseudo, label_smoothing=self.cfg.label_smoothing)
         self.update("student", loss_student)
         self._update_ema()
         # 5-6. The updated student's labeled loss (the same dropout masks as for old); the feedback coefficient,
