@@ -9,7 +9,6 @@ the RNG state (see :mod:`mpl_runner.data`). Files are written atomically and rea
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import pickle
 import random
@@ -24,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mpl_runner.errors import UserError, one_line
 from mpl_runner.files import atomic_write_bytes
-from mpl_runner.logging import flatten, hparam_value
+from mpl_runner.logging import flatten
 
 FORMAT = "mpl-runner checkpoint 1"
 RELATIVE_PATH = Path("checkpoints") / "last.pt"
@@ -117,24 +116,30 @@ def load(path: Path, device: torch.device) -> dict[str, Any]:
     return state
 
 
-def _schema_default(cfg: DictConfig, key: str) -> Any:
-    """The schema's default for ``key`` as :func:`identity` writes values, or None where the schema has none."""
-    parent_key, _, name = key.rpartition(".")
-    schema = OmegaConf.get_type(OmegaConf.select(cfg, parent_key) if parent_key else cfg)
-    fields = {f.name: f for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else {}
-    if name not in fields or fields[name].default is dataclasses.MISSING:
+def option_defaults() -> DictConfig | None:
+    """In a running ``mpl-run``: the config its chosen options (``dataset=...``, ``experiment=...``) give without
+    the command line's key overrides, i.e. each key's default in the YAML files; None where Hydra is not running."""
+    from hydra import compose
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
         return None
-    return hparam_value(fields[name].default)
+    hydra_cfg = HydraConfig.get()
+    options = [f"{group}={option}" for group, option in hydra_cfg.runtime.choices.items()
+               if option is not None and not group.startswith("hydra")]
+    return compose(config_name=hydra_cfg.job.config_name, overrides=options)
 
 
-def check_config(state: dict[str, Any], cfg: DictConfig, path: Path) -> None:
+def check_config(state: dict[str, Any], cfg: DictConfig, path: Path, defaults: DictConfig | None = None) -> None:
     """Refuse a checkpoint written by a config that computes something else; name the keys that differ. A key the
-    checkpoint does not know (added to the schema since) passes while it holds its default."""
+    checkpoint does not know (added since) passes while it holds its default in ``defaults`` (what
+    :func:`option_defaults` gives)."""
     theirs, ours = state["config"], identity(cfg)
+    default = identity(defaults) if defaults is not None else {}
     differ = sorted(
         k for k in theirs.keys() | ours.keys()
         if theirs.get(k, "(absent)") != ours.get(k, "(absent)")
-        and not (k not in theirs and ours[k] == _schema_default(cfg, k))
+        and not (k not in theirs and k in default and ours[k] == default[k])
     )
     if differ:
         shown = ", ".join(f"{k}={ours.get(k, '(absent)')!r} here but {theirs.get(k, '(absent)')!r} there"

@@ -8,7 +8,7 @@ import errno
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from mpl_runner.config import listed_option
+from mpl_runner.resolvers import listed_option
 from mpl_runner.errors import UserError
 
 

@@ -31,7 +31,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from mpl_runner import checkpoint, distributed, run_dirs
 from mpl_runner.cli_errors import one_line_error
-from mpl_runner.config import register_configs, require_validation_split
+from mpl_runner.config import register_configs
+from mpl_runner.resolvers import require_validation_split
 from mpl_runner.data import SSLData, build_dataset
 from mpl_runner.distributed import World, world_from_env
 from mpl_runner.engine import Start, resolve_amp, train
@@ -96,7 +97,7 @@ def _resume_state(cfg: DictConfig, run_dir: Path, path: Path, device: torch.devi
     elif not (cfg.trainer.auto_resume and path.is_file()):
         return None
     state = checkpoint.load(path, device)
-    checkpoint.check_config(state, cfg, path)
+    checkpoint.check_config(state, cfg, path, checkpoint.option_defaults())
     return state
 
 

@@ -14,16 +14,22 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = ["trainer.steps=30", "trainer.eval_interval=10", "trainer.log_interval=10"]
 
 
+def compose_cfg(*overrides: str):
+    """The real config (as ``mpl-run`` composes it from conf/) with the given overrides."""
+    register_configs()
+    with initialize_config_module("mpl_runner.conf", version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def group_overrides(group: str, **values) -> list[str]:
+    """``group.key=value`` overrides, None as null."""
+    return [f"{group}.{key}={'null' if value is None else value}" for key, value in values.items()]
+
+
 @pytest.fixture
 def make_cfg():
     """Compose the real config (as ``mpl-run`` would) with the given overrides."""
-    register_configs()
-
-    def _compose(*overrides: str):
-        with initialize_config_module("mpl_runner.conf", version_base="1.3"):
-            return compose("config", overrides=list(overrides))
-
-    return _compose
+    return compose_cfg
 
 
 def mpl_run(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -104,10 +104,11 @@ def test_a_key_added_since_the_checkpoint_passes_at_its_default(make_cfg, tmp_pa
     checkpoint.save(path, 1, cfg, method, {})
     state = checkpoint.load(path, torch.device("cpu"))
     del state["config"]["trainer.skip_nonfinite"]  # as written by a version without that key
-    checkpoint.check_config(state, cfg, path)
+    defaults = make_cfg()  # what the options give before any key override: the key's default in conf/
+    checkpoint.check_config(state, cfg, path, defaults)
     changed = make_cfg("method.ema_decay=0.9", "method.baseline_decay=0.5", "trainer.skip_nonfinite=true")
     with pytest.raises(checkpoint.CheckpointError, match="trainer.skip_nonfinite=True here but '\\(absent\\)' there"):
-        checkpoint.check_config(state, changed, path)
+        checkpoint.check_config(state, changed, path, defaults)
 
 
 def test_watch_names_the_first_non_finite_step():

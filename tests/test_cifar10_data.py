@@ -10,12 +10,12 @@ from urllib.error import URLError
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
-
-from mpl_runner.data import cifar10
-from mpl_runner.config import Cifar10Config
+from conftest import compose_cfg, group_overrides
+from mpl_runner.data import cifar10, image_workers
 from mpl_runner.data.cifar10 import build, read_cifar10
+from mpl_runner.data.image_sets import to_chw, unlabeled_indices
 from mpl_runner.errors import ConfigError, DataError
+from mpl_runner.validate import validate
 
 REAL_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
 PER_BATCH = 20  # 2 images of each class per file: 100 training images, 20 test images
@@ -41,10 +41,15 @@ def fake(tmp_path) -> tuple[Path, dict[str, dict]]:
     return tmp_path, write_fake_cifar10(tmp_path)
 
 
+def full_config(root: Path, **overrides):
+    """``dataset=cifar10_4k`` (run seed 0) on the fake set, small batches, with ``overrides`` of dataset keys."""
+    fields = dict(root=str(root), num_labeled=30, num_val=0, labeled_batch_size=4, unlabeled_ratio=2, num_workers=0,
+                  eval_batch_size=8, pipeline="workers")
+    return compose_cfg("dataset=cifar10_4k", "model=wrn28_2", *group_overrides("dataset", **{**fields, **overrides}))
+
+
 def config(root: Path, **overrides):
-    fields = dict(root=str(root), split_seed=0, num_labeled=30, labeled_batch_size=4, unlabeled_ratio=2,
-                  num_workers=0, eval_batch_size=8)
-    return OmegaConf.structured(Cifar10Config(**{**fields, **overrides}))
+    return full_config(root, **overrides).dataset
 
 
 # --- reading -------------------------------------------------------------------------------------------------
@@ -68,7 +73,7 @@ def test_reader_round_trips_pixels_and_labels_in_hwc_order(fake):
 
 def test_chw_tensor_matches_the_raw_rows(fake):
     root, written = fake
-    images = cifar10.to_chw(read_cifar10(root)[0])
+    images = to_chw(read_cifar10(root)[0])
     assert images.shape == (100, 3, 32, 32) and images.is_contiguous()
     assert torch.equal(images[0].flatten(), torch.from_numpy(written["data_batch_1"][b"data"][0]))
 
@@ -196,9 +201,9 @@ def test_labeled_split_is_balanced_and_follows_its_seed(fake):
 def test_unlabeled_rest_excludes_the_labeled_images(fake):
     root, _ = fake
     labeled = [3, 10, 57]
-    rest = cifar10.unlabeled_indices(100, labeled, "rest")
+    rest = unlabeled_indices(100, labeled, "rest")
     assert len(rest) == 97 and not set(rest.tolist()) & set(labeled)
-    assert cifar10.unlabeled_indices(100, labeled, "all").tolist() == list(range(100))
+    assert unlabeled_indices(100, labeled, "all").tolist() == list(range(100))
     assert build(config(root, unlabeled="rest"), torch.device("cpu")).info["unlabeled_images"] == 70
     assert build(config(root), torch.device("cpu")).info["unlabeled_images"] == 100
 
@@ -210,7 +215,7 @@ def test_validation_images_are_balanced_and_never_trained_on(fake, unlabeled):
     data = build(config(root, num_val=20, unlabeled=unlabeled), torch.device("cpu"))
     labeled, val = data.labeled_indices, data.val_indices
     assert np.bincount(train_y[val], minlength=10).tolist() == [2] * 10 and not set(val) & set(labeled)
-    unlabeled_rows = cifar10.unlabeled_indices(100, labeled, unlabeled, val)
+    unlabeled_rows = unlabeled_indices(100, labeled, unlabeled, val)
     assert not set(unlabeled_rows.tolist()) & set(val)
     assert data.info["unlabeled_images"] == len(unlabeled_rows) == (80 if unlabeled == "all" else 50)
     assert sum(len(y) for _, y in data.eval_splits["val"]) == 20
@@ -220,13 +225,15 @@ def test_validation_images_are_balanced_and_never_trained_on(fake, unlabeled):
 
 def test_transforms_give_normalised_float_images():
     image = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)
-    transforms = [cifar10.weak_transform(), cifar10.strong_transform(2, 16, (0.02, 0.25), 1.0),
-                  cifar10.eval_transform()]
+    cfg, mean, std = config(Path("unused")), cifar10.MEAN, cifar10.STD
+    transforms = [image_workers.weak_transform(mean, std), image_workers.strong_transform(cfg, mean, std),
+                  image_workers.eval_transform(mean, std)]
     for transform in transforms:
         out = transform(image)
         assert out.shape == (3, 32, 32) and out.dtype == torch.float32
     mean, std = torch.tensor(cifar10.MEAN)[:, None, None], torch.tensor(cifar10.STD)[:, None, None]
-    assert torch.allclose(cifar10.eval_transform()(image), (image / 255 - mean) / std, atol=1e-5)
+    assert torch.allclose(image_workers.eval_transform(cifar10.MEAN, cifar10.STD)(image), (image / 255 - mean) / std,
+                          atol=1e-5)
 
 
 def test_train_batches_have_the_configured_shapes_across_epochs(fake):
@@ -253,10 +260,18 @@ def test_test_split_is_every_test_image_in_order_each_time(fake):
 
 @pytest.mark.parametrize(
     "overrides, key",
+    [({"num_labeled": 35}, "dataset.num_labeled"), ({"unlabeled": "some"}, "dataset.unlabeled")],
+)
+def test_settings_no_data_set_allows_are_refused_before_reading(overrides, key):
+    with pytest.raises(ConfigError, match=key):
+        validate(full_config(Path("unused"), **overrides))
+
+
+@pytest.mark.parametrize(
+    "overrides, key",
     [
-        ({"num_labeled": 35}, "dataset.num_labeled"),
         ({"num_labeled": 110}, "dataset.num_labeled"),
-        ({"unlabeled": "some"}, "dataset.unlabeled"),
+        ({"num_labeled": 50, "num_val": 60}, "dataset.num_labeled"),
         ({"num_labeled": 10, "labeled_batch_size": 16}, "dataset.labeled_batch_size"),
         ({"unlabeled": "rest", "labeled_batch_size": 8, "unlabeled_ratio": 9}, "dataset.unlabeled_ratio"),
     ],

@@ -5,15 +5,41 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
-from mpl_runner.conf import __file__ as conf_init
-from mpl_runner.validate import validate
+import dataclasses
 from pathlib import Path
+
+from mpl_runner.conf import __file__ as conf_init
+from mpl_runner.config import Config, OptimConfig, TrainerConfig
+from mpl_runner.registry import entries
+from mpl_runner.resolvers import listed_option
+from mpl_runner.validate import validate
 
 CONF = Path(conf_init).parent
 
 
 def options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+    """The options a user chooses from (not the ``*_common`` parts presets share)."""
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml") if listed_option(p.stem))
+
+
+def defaults_in(schema: type, prefix: str = "") -> list[str]:
+    """The fields of a schema (and of its nested schemas) that hold a default value instead of MISSING."""
+    found = []
+    for field in dataclasses.fields(schema):
+        if field.default_factory is not dataclasses.MISSING:
+            value = field.default_factory()
+            found += defaults_in(type(value), f"{prefix}{field.name}.") if dataclasses.is_dataclass(value) else (
+                [] if value == "???" else [prefix + field.name])
+        elif field.default != "???":
+            found.append(prefix + field.name)
+    return found
+
+
+def test_the_yaml_files_are_the_one_source_of_defaults():
+    """No schema holds a default: every value a user gets is in conf/, once."""
+    schemas = [Config, OptimConfig, TrainerConfig, *(e.schema for g in ("dataset", "model", "method")
+                                                     for e in entries(g).values())]
+    assert {s.__name__: defaults_in(s) for s in schemas if defaults_in(s)} == {}
 
 
 def test_default_is_mpl_on_two_moons(make_cfg):

@@ -5,13 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
-
-from mpl_runner.config import DigitsConfig
+from conftest import compose_cfg, group_overrides
+from mpl_runner.data.digits import IMAGES as DIGITS_IMAGES
 from mpl_runner.data.digits import build, digit_images, split, strong_view, translate, weak_view
 from mpl_runner.errors import ConfigError
 from mpl_runner.run import run
-from mpl_runner.validate import DIGITS_IMAGES, validate
+from mpl_runner.validate import validate
 
 CPU = torch.device("cpu")
 FAST = ["trainer.steps=20", "trainer.eval_interval=10", "trainer.log_interval=10", "trainer.num_threads=1",
@@ -19,7 +18,8 @@ FAST = ["trainer.steps=20", "trainer.eval_interval=10", "trainer.log_interval=10
 
 
 def digits_cfg(**overrides):
-    return OmegaConf.structured(DigitsConfig(**{"split_seed": 0, **overrides}))
+    """``conf/dataset/digits.yaml`` (run seed 0) with ``overrides``."""
+    return compose_cfg("dataset=digits", "model=small_cnn", *group_overrides("dataset", **overrides)).dataset
 
 
 @pytest.fixture(scope="module")

@@ -43,7 +43,8 @@ from omegaconf import OmegaConf
 from conftest import TINY, finished_in_process
 from mpl_runner import checkpoint, files
 from mpl_runner.cli_errors import one_line_error
-from mpl_runner.config import SCHEMAS, register_configs
+from mpl_runner.config import register_configs
+from mpl_runner.registry import entries
 from mpl_runner.data import build_dataset
 from mpl_runner.errors import UserError
 from mpl_runner.validate import validate, validate_overrides
@@ -69,11 +70,11 @@ HUGE_OK = {
     "TrainerConfig.progress_interval": "longer than the run: at evaluations only",
     "TwoMoonsConfig.unlabeled_batch_size": "above the set's size: the whole set each step",
     "DigitsConfig.unlabeled_batch_size": "above the set's size: the whole set each step",
-    "Cifar10Config.eval_batch_size": "above the test set's size: one batch",
+    "ImageSetConfig.eval_batch_size": "above the test set's size: one batch",
     "OptimConfig.warmup_steps": "a warmup longer than the run",
     "FinetuneConfig.warmup_steps": "a warmup longer than the run",
     "MPLConfig.student_warmup_steps": "a warmup longer than the run",
-    "UDAConfig.ramp_steps": "a ramp longer than the run",
+    "UDALossConfig.ramp_steps": "a ramp longer than the run",
     "FinetuneConfig.batch_size": "unused: method.finetune.steps=0",
 }
 #: keys whose value names a path: every case of theirs runs the CLI (the run dir is resolved from trainer.resume
@@ -139,8 +140,7 @@ def other_name(cfg, key: str) -> list[tuple[str, str]]:
     group, _, field = key.partition(".")
     if field != "name" or group not in ("dataset", "model", "method"):
         return []
-    names = [schema().name for schema in SCHEMAS[group].values()]
-    return [("value", next(n for n in names if n != cfg[group].name))]
+    return [("value", next(n for n in entries(group) if n != cfg[group].name))]
 
 
 def build_table() -> tuple[dict, dict]:

@@ -9,7 +9,8 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-from mpl_runner.data import cifar10, randaugment
+from conftest import compose_cfg
+from mpl_runner.data import cifar10, image_workers, randaugment
 from mpl_runner.data.randaugment import OPS, OfficialCutout, OfficialRandAugment, apply_op, strength
 
 # Worked by hand from augment.py (commit 30adf0ec) at the official --augment_magnitude=16, _MAX_LEVEL = 10,
@@ -191,12 +192,14 @@ def test_every_op_keeps_uint8_and_shape(magnitude):
 
 
 def test_strong_transform_switch():
-    official = cifar10.strong_transform(2, 16, (0.02, 0.25), 1.0, randaugment="official")
-    torchvision = cifar10.strong_transform(2, 16, (0.02, 0.25), 1.0, randaugment="torchvision")
+    cfg = compose_cfg("dataset=cifar10_4k", "model=wrn28_2").dataset
+    assert cfg.randaugment == "official"  # the default
+    official = image_workers.strong_transform(cfg, cifar10.MEAN, cifar10.STD)
+    cfg.randaugment = "torchvision"
+    torchvision = image_workers.strong_transform(cfg, cifar10.MEAN, cifar10.STD)
     assert any(isinstance(t, OfficialRandAugment) for t in official.transforms)
     assert any(isinstance(t, OfficialCutout) for t in official.transforms)
     assert any(isinstance(t, v2.RandAugment) for t in torchvision.transforms)
-    assert any(isinstance(t, OfficialRandAugment) for t in cifar10.strong_transform(2, 16, (0.02, 0.25), 1.0).transforms)
     torch.manual_seed(0)
     out = official(image())
     assert out.shape == (3, 32, 32) and out.dtype == torch.float32

@@ -62,16 +62,17 @@ def test_compiled_models_train_as_eager_ones_do(make_cfg, tmp_path):
 @pytest.mark.parametrize("method", ["supervised", "mpl"])
 def test_each_phase_gets_only_the_views_it_trains_on(make_cfg, tmp_path, monkeypatch, method):
     """Supervised training and MPL's finetuning build no unlabeled views; finetuning gets its own labeled batch."""
-    from mpl_runner.methods import METHODS
+    from mpl_runner.registry import entry
 
     seen = []
-    train_step = METHODS[method].train_step
+    method_class = entry("method", method).build
+    train_step = method_class.train_step
 
     def spy(self, batch, step):
         seen.append((len(batch.x_l), batch.x_uw is None and batch.x_us is None))
         return train_step(self, batch, step)
 
-    monkeypatch.setattr(METHODS[method], "train_step", spy)
+    monkeypatch.setattr(method_class, "train_step", spy)
     run(make_cfg("device=cpu", f"method={method}", *TINY, "method.finetune.steps=5", "method.finetune.batch_size=4")
         if method == "mpl" else make_cfg("device=cpu", f"method={method}", *TINY), tmp_path)
     if method == "supervised":

@@ -1,4 +1,5 @@
-"""Data sources, one module a data set. Each ``build(cfg, device)`` returns an :class:`SSLData`."""
+"""Data sources, one module a data set, each registered with :func:`mpl_runner.registry.register`; its ``build(cfg,
+device)`` returns an :class:`SSLData`."""
 
 from __future__ import annotations
 
@@ -10,16 +11,6 @@ __all__ = ["Batch", "SSLData", "build_dataset"]
 
 
 def build_dataset(cfg, device: torch.device) -> SSLData:
-    if cfg.name == "two_moons":
-        from mpl_runner.data import two_moons
+    from mpl_runner.registry import entry
 
-        return two_moons.build(cfg, device)
-    if cfg.name == "cifar10":
-        from mpl_runner.data import cifar10
-
-        return cifar10.build(cfg, device)
-    if cfg.name == "digits":
-        from mpl_runner.data import digits
-
-        return digits.build(cfg, device)
-    raise ValueError(f"unknown dataset {cfg.name!r}")  # validate() rejects this before a run starts
+    return entry("dataset", cfg.name).build(cfg, device)

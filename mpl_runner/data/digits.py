@@ -16,21 +16,42 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
+from typing import Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from omegaconf import MISSING
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
+from mpl_runner.checks import balanced_labels, fraction, labeled_batch, positive
 from mpl_runner.data.batch import Batch, SSLData
 from mpl_runner.data.splits import labeled_and_validation
 from mpl_runner.errors import ConfigError
 from mpl_runner.figures import image_grid
+from mpl_runner.registry import register
 
 NUM_CLASSES = 10
 CLASS_NAMES = [str(c) for c in range(NUM_CLASSES)]
 MAX_VALUE = 16  # load_digits' pixel values are 0..16
+IMAGES = 1797  # load_digits' images
+
+
+@dataclass
+class DigitsConfig:
+    name: str = MISSING
+    test_size: int = MISSING  # a fixed stratified test set, drawn with test_seed; the rest is the training pool
+    test_seed: int = MISSING  # independent of the run seed: every run tests on the same images
+    num_labeled: int = MISSING  # drawn balanced from the pool: num_labeled / 10 per class
+    num_val: int = MISSING  # validation images, balanced, disjoint from the labeled ones, never in the unlabeled set
+    split_seed: int = MISSING  # which images are labeled and validation
+    labeled_batch_size: Optional[int] = MISSING  # None: every labeled image each step
+    unlabeled_batch_size: Optional[int] = MISSING  # None: every unlabeled image each step
+    weak_shift: int = MISSING  # weak view: random translation by up to this many pixels in x and y
+    strong_shift: int = MISSING  # strong view: translation by up to this many pixels, then cutout and jitter
+    cutout_size: int = MISSING  # strong view: side of the square set to 0 (0: none)
+    strong_jitter: float = MISSING  # strong view: x * U(1 - s, 1 + s) + U(-s, s) / 2, clamped to [0, 1]
 
 
 def digit_images() -> tuple[torch.Tensor, torch.Tensor]:
@@ -185,3 +206,35 @@ def _views_grid(images: torch.Tensor, cfg, models: dict) -> dict:
         rows = torch.cat([images, weak_view(images, cfg), strong_view(images, cfg)])
     titles = ["image"] * len(images) + ["weak"] * len(images) + ["strong"] * len(images)
     return {"views": image_grid(rows.repeat(1, 3, 1, 1), titles, columns=len(images))}
+
+
+def check(cfg) -> None:
+    data = cfg.dataset
+    if not 10 <= data.test_size <= 1000:
+        raise ConfigError("dataset.test_size", data.test_size, f"10 to 1000 (of the {IMAGES} images)")
+    if data.num_val < 0 or data.num_val % 10 or data.num_val > IMAGES - data.test_size - 10:
+        raise ConfigError(
+            "dataset.num_val", data.num_val, f"a multiple of 10 (drawn balanced) from 0 to "
+            f"{IMAGES - data.test_size - 10} (the training pool less 10 labeled images)"
+        )
+    for key in ("weak_shift", "strong_shift"):
+        if not 0 <= data[key] < 4:
+            raise ConfigError(f"dataset.{key}", data[key], "0 to 3 (pixels of an 8x8 image)")
+    if not 0 <= data.cutout_size <= 8:
+        raise ConfigError("dataset.cutout_size", data.cutout_size, "0 to 8 (pixels of an 8x8 image)")
+    fraction(cfg, "dataset.strong_jitter")
+    balanced_labels(cfg, NUM_CLASSES, IMAGES - data.test_size - data.num_val)  # the pool less validation
+    labeled_batch(cfg)
+    positive(cfg, "dataset.unlabeled_batch_size", optional=True)
+
+
+def batch_sizes(cfg) -> dict[str, int]:
+    """A batch size of null means the whole set, as does an unlabeled one above it."""
+    data = cfg.dataset
+    unlabeled = IMAGES - data.test_size - data.num_val
+    return {"dataset.labeled_batch_size": data.labeled_batch_size or data.num_labeled,
+            "dataset.unlabeled_batch_size": min(data.unlabeled_batch_size or unlabeled, unlabeled)}
+
+
+register("dataset", "digits", DigitsConfig, build, check=check, input_shape=lambda cfg: (1, 8, 8),
+         batch_sizes=batch_sizes)

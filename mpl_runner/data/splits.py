@@ -1,8 +1,9 @@
-"""Which training examples are labeled, and which are held out for validation."""
+"""Which training examples are labeled, which are held out for validation, and which form batch ``b``."""
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 
 def balanced_labeled_indices(labels: np.ndarray, num_labeled: int, num_classes: int, seed: int) -> list[int]:
@@ -27,3 +28,27 @@ def labeled_and_validation(
     per_class = num_val // num_classes
     picked = [rng.choice(rest[labels[rest] == c], per_class, replace=False) for c in range(num_classes)]
     return labeled, sorted(int(i) for i in np.concatenate(picked))
+
+
+def mix(*ints: int) -> int:
+    """One 64-bit seed from several integers (a run's stream seed, a stream, a batch number)."""
+    return int(np.random.SeedSequence(list(ints)).generate_state(1, np.uint64)[0])
+
+
+class EpochOrder:
+    """Batch ``b`` of an endless stream over ``size`` examples: epoch ``b // (size // batch_size)`` is a permutation
+    drawn from ``(seed, epoch)`` (its last partial batch dropped). A function of ``(seed, b)`` alone, so a stream
+    can start at any batch, and a resumed run sees the very batches an uninterrupted one would."""
+
+    def __init__(self, size: int, batch_size: int, seed: int):
+        self.size, self.batch_size, self.seed = size, batch_size, seed
+        self.per_epoch = size // batch_size
+        self._epoch, self._order = None, None
+
+    def rows(self, b: int) -> torch.Tensor:
+        epoch = b // self.per_epoch
+        if epoch != self._epoch:
+            self._epoch = epoch
+            self._order = torch.randperm(self.size, generator=torch.Generator().manual_seed(mix(self.seed, epoch)))
+        first = (b % self.per_epoch) * self.batch_size
+        return self._order[first:first + self.batch_size]

@@ -8,15 +8,35 @@ are fresh draws of the same moons (``val_seed``, ``test_seed``), never trained o
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from functools import partial
+from typing import Optional
 
 import numpy as np
 import torch
+from omegaconf import MISSING
 from sklearn.datasets import make_moons
 
+from mpl_runner.checks import at_least, balanced_labels, count, labeled_batch, positive
 from mpl_runner.data.batch import Batch, SSLData
 from mpl_runner.data.splits import balanced_labeled_indices
 from mpl_runner.figures import decision_boundaries
+from mpl_runner.registry import register
+
+
+@dataclass
+class TwoMoonsConfig:
+    name: str = MISSING
+    points_per_class: int = MISSING
+    noise: float = MISSING
+    num_labeled: int = MISSING  # drawn balanced: num_labeled / 2 per class
+    split_seed: int = MISSING  # which points are labeled
+    test_seed: int = MISSING  # a fresh draw of the same distribution, used as the test split
+    val_seed: int = MISSING  # another fresh draw, the validation split (choices and searches select on it)
+    labeled_batch_size: Optional[int] = MISSING  # None: every labeled point each step
+    unlabeled_batch_size: Optional[int] = MISSING  # None: every point each step (full batch)
+    weak_jitter: float = MISSING  # std of the Gaussian jitter of the weak unlabeled view
+    strong_jitter: float = MISSING  # std of the Gaussian jitter of the strong unlabeled view
 
 
 def moons(points_per_class: int, noise: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,3 +104,22 @@ def build(cfg, device: torch.device) -> SSLData:
 
 def _figures(x, y, labeled, models) -> dict:
     return {"decision_boundary": decision_boundaries(x, y, labeled, models)}
+
+
+def check(cfg) -> None:
+    count(cfg, "dataset.points_per_class", 1, 10**6)
+    for key in ("noise", "weak_jitter", "strong_jitter"):
+        at_least(cfg, f"dataset.{key}", 0)
+    balanced_labels(cfg, 2, 2 * cfg.dataset.points_per_class)
+    labeled_batch(cfg)
+    positive(cfg, "dataset.unlabeled_batch_size", optional=True)
+
+
+def batch_sizes(cfg) -> dict[str, int]:
+    data = cfg.dataset
+    return {"dataset.labeled_batch_size": data.labeled_batch_size or data.num_labeled,
+            "dataset.unlabeled_batch_size": data.unlabeled_batch_size or 2 * data.points_per_class}
+
+
+register("dataset", "two_moons", TwoMoonsConfig, build, check=check, input_shape=lambda cfg: (2,),
+         batch_sizes=batch_sizes)

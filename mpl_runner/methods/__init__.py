@@ -1,15 +1,15 @@
-"""Training methods. Each owns its models and optimizers and exposes one ``train_step``."""
+"""Training methods, one module a method, each registered with :func:`mpl_runner.registry.register`. A method owns
+its models and optimizers and exposes one ``train_step`` (see :class:`mpl_runner.methods.base.Method`)."""
 
 from __future__ import annotations
 
-from mpl_runner.methods.base import Method
-from mpl_runner.methods.mpl import MPL
-from mpl_runner.methods.supervised import Supervised
-from mpl_runner.methods.uda import UDA
+from mpl_runner.methods.base import Method, Phase
 
-METHODS: dict[str, type[Method]] = {"supervised": Supervised, "uda": UDA, "mpl": MPL}
+__all__ = ["Method", "Phase", "build_method"]
 
 
 def build_method(cfg, optim_cfg, total_steps: int, make_model) -> Method:
     """``make_model()`` returns a fresh, initialised model on the training device."""
-    return METHODS[cfg.name](cfg, optim_cfg, total_steps, make_model)
+    from mpl_runner.registry import entry
+
+    return entry("method", cfg.name).build(cfg, optim_cfg, total_steps, make_model)

@@ -26,9 +26,11 @@ from torch import nn
 from torch.func import functional_call
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from mpl_runner.methods import mpl_config
 from mpl_runner.methods.base import Method, Phase
 from mpl_runner.methods.losses import soft_cross_entropy
 from mpl_runner.methods.uda import teacher_losses
+from mpl_runner.registry import register
 
 
 @contextmanager
@@ -252,3 +254,6 @@ class MPL(Method):
         self.baseline.copy_(state["baseline"])
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
+
+
+register("method", "mpl", mpl_config.MPLConfig, MPL, check=mpl_config.check, batch_sizes=mpl_config.batch_sizes)

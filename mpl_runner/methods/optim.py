@@ -7,6 +7,19 @@ import math
 import torch
 from torch import nn
 
+from mpl_runner.checks import at_least, fraction, one_of, positive
+
+# Each optimizer from its config (name, momentum, nesterov, weight_decay) and parameter groups, at an lr.
+OPTIMIZERS = {
+    "sgd": lambda params, lr, cfg: torch.optim.SGD(
+        params, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0, weight_decay=cfg.weight_decay
+    ),
+    "adam": lambda params, lr, cfg: torch.optim.AdamW(  # momentum is Adam's beta1
+        params, lr=lr, betas=(cfg.momentum, 0.999), weight_decay=cfg.weight_decay
+    ),
+}
+SCHEDULES = ("constant", "cosine")
+
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Weight decay on every parameter but those of normalisation layers (as the official MPL code does)."""
@@ -20,15 +33,17 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, cfg, lr: float) -> torch.optim.Optimizer:
-    params = parameter_groups(model, cfg.weight_decay)
-    if cfg.name == "sgd":
-        return torch.optim.SGD(
-            params, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
-            weight_decay=cfg.weight_decay,
-        )
-    if cfg.name == "adam":
-        return torch.optim.AdamW(params, lr=lr, betas=(cfg.momentum, 0.999), weight_decay=cfg.weight_decay)
-    raise ValueError(f"unknown optimizer {cfg.name!r}")  # validate() rejects this before a run starts
+    return OPTIMIZERS[cfg.name](parameter_groups(model, cfg.weight_decay), lr, cfg)
+
+
+def check_optimizer(cfg, prefix: str) -> None:
+    """The keys an optimizer is built from, under ``prefix`` (``optim``, ``method.finetune``)."""
+    one_of(cfg, f"{prefix}.name", list(OPTIMIZERS))
+    positive(cfg, f"{prefix}.lr")
+    fraction(cfg, f"{prefix}.momentum")
+    at_least(cfg, f"{prefix}.weight_decay", 0)
+    one_of(cfg, f"{prefix}.schedule", SCHEDULES)
+    at_least(cfg, f"{prefix}.warmup_steps", 0)
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
-import torch.nn.functional as F
+from dataclasses import dataclass
 
+import torch.nn.functional as F
+from omegaconf import MISSING
+
+from mpl_runner.checks import fraction
 from mpl_runner.methods.base import Method, Phase
+from mpl_runner.registry import register
+
+
+@dataclass
+class SupervisedConfig:
+    name: str = MISSING
+    label_smoothing: float = MISSING
 
 
 class Supervised(Method):
@@ -22,3 +33,6 @@ class Supervised(Method):
         loss = F.cross_entropy(self.net("model")(batch.x_l), batch.y_l, label_smoothing=self.cfg.label_smoothing)
         self.update("model", loss)
         return {"model/loss": loss.detach()}
+
+
+register("method", "supervised", SupervisedConfig, Supervised, check=lambda cfg: fraction(cfg, "method.label_smoothing"))

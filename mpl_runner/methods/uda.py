@@ -2,11 +2,42 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 import torch.nn.functional as F
+from omegaconf import MISSING
 
+from mpl_runner.checks import at_least, fraction, positive
 from mpl_runner.methods.base import Method
 from mpl_runner.methods.losses import ramp, uda_consistency
+from mpl_runner.registry import register
+
+
+@dataclass
+class UDALossConfig:
+    """The teacher's consistency loss on unlabeled views (UDA's and MPL's); weight 0 turns it off."""
+
+    weight: float = MISSING
+    temperature: float = MISSING  # sharpening of the weak view's distribution
+    threshold: float = MISSING  # only unlabeled examples whose sharpened confidence reaches it count
+    ramp_steps: int = MISSING  # the weight grows linearly from 0 over this many steps
+
+
+@dataclass
+class UDAConfig:
+    name: str = MISSING
+    label_smoothing: float = MISSING
+    uda: UDALossConfig = field(default_factory=UDALossConfig)
+
+
+def check(cfg) -> None:
+    """``method.label_smoothing`` and ``method.uda`` (MPL's teacher has them too)."""
+    fraction(cfg, "method.label_smoothing")
+    at_least(cfg, "method.uda.weight", 0)
+    positive(cfg, "method.uda.temperature")
+    fraction(cfg, "method.uda.threshold", closed=True)
+    at_least(cfg, "method.uda.ramp_steps", 0)
 
 
 def teacher_losses(teacher, batch, cfg, step: int):
@@ -44,3 +75,6 @@ class UDA(Method):
             "teacher/loss_uda": loss_uda.detach(),
             "uda/mask": mask,
         }
+
+
+register("method", "uda", UDAConfig, UDA, check=check)

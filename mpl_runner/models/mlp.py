@@ -1,6 +1,15 @@
+"""A multilayer perceptron, the model of the two-moons experiments; inputs of any shape are flattened."""
+
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
+from omegaconf import MISSING
 from torch import nn
+
+from mpl_runner.checks import MAX_WIDTH, fraction, one_of, positive, sizes
+from mpl_runner.registry import register
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "silu": nn.SiLU, "sigmoid": nn.Sigmoid}
 INITS = ("default", "uniform")
@@ -27,3 +36,29 @@ class MLP(nn.Sequential):
         if init == "uniform":
             for param in self.parameters():
                 nn.init.uniform_(param, -init_scale, init_scale)
+
+
+@dataclass
+class MLPConfig:
+    name: str = MISSING
+    hidden_sizes: list[int] = MISSING
+    activation: str = MISSING  # a key of ACTIVATIONS
+    dropout: float = MISSING
+    init: str = MISSING  # default (PyTorch's) | uniform: every weight and bias from U(-init_scale, init_scale)
+    init_scale: float = MISSING
+
+
+def build(cfg, input_shape: tuple[int, ...], num_classes: int) -> MLP:
+    return MLP(math.prod(input_shape), num_classes, list(cfg.hidden_sizes), cfg.activation, cfg.dropout, cfg.init,
+               cfg.init_scale)
+
+
+def check(cfg) -> None:
+    sizes(cfg, "model.hidden_sizes", MAX_WIDTH, "layer sizes")
+    one_of(cfg, "model.activation", sorted(ACTIVATIONS))
+    fraction(cfg, "model.dropout")
+    one_of(cfg, "model.init", INITS)
+    positive(cfg, "model.init_scale")
+
+
+register("model", "mlp", MLPConfig, build, check=check)

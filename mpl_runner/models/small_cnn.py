@@ -4,7 +4,13 @@ average pooling, dropout and a linear layer. With widths (32, 64) on 8x8 inputs:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from omegaconf import MISSING
 from torch import nn
+
+from mpl_runner.checks import MAX_WIDTH, fraction, sizes
+from mpl_runner.registry import register
 
 
 def conv_bn_relu(in_channels: int, out_channels: int, bn_momentum: float) -> nn.Sequential:
@@ -31,3 +37,36 @@ class SmallCNN(nn.Sequential):
             layers.append(nn.Dropout(dropout))
         layers.append(nn.Linear(in_channels, num_classes))
         super().__init__(*layers)
+
+
+@dataclass
+class SmallCNNConfig:
+    name: str = MISSING
+    widths: list[int] = MISSING  # channels of each stage; each halves the side
+    dropout: float = MISSING
+    bn_momentum: float = MISSING  # PyTorch convention
+
+
+def build(cfg, input_shape: tuple[int, ...], num_classes: int) -> SmallCNN:
+    return SmallCNN(input_shape[0], num_classes, list(cfg.widths), cfg.dropout, cfg.bn_momentum)
+
+
+def check(cfg) -> None:
+    sizes(cfg, "model.widths", MAX_WIDTH, "channel counts")
+    fraction(cfg, "model.dropout")
+    fraction(cfg, "model.bn_momentum", closed=True)
+
+
+def unfit(cfg, input_shape: tuple[int, ...]) -> tuple[str, str] | None:
+    """Images only, and each stage halves the side: at most log2(side) stages."""
+    dataset = cfg.dataset.name
+    if len(input_shape) != 3:
+        return "model", f"mlp for dataset={dataset} (inputs of shape {input_shape}, not images)"
+    side = min(input_shape[1:])
+    if 2 ** len(cfg.model.widths) > side:
+        return "model.widths", (f"at most {side.bit_length() - 1} stages for dataset={dataset} ({side}x{side} images; "
+                                "each stage halves the side)")
+    return None
+
+
+register("model", "small_cnn", SmallCNNConfig, build, check=check, unfit=unfit)

@@ -6,8 +6,15 @@ Pre-activation basic blocks with leaky ReLU; dropout only before the final linea
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+from omegaconf import MISSING
 from torch import nn
+
+from mpl_runner.checks import MAX_WIDTH, at_least, count, fraction, positive
+from mpl_runner.errors import ConfigError
+from mpl_runner.registry import register
 
 
 class BasicBlock(nn.Module):
@@ -78,3 +85,44 @@ class WideResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.pool(self.act(self.bn(self.blocks(self.stem(x))))).flatten(1)
         return self.fc(self.dropout(features))
+
+
+@dataclass
+class WideResNetConfig:
+    name: str = MISSING
+    depth: int = MISSING  # 6n + 4
+    widen_factor: int = MISSING
+    dropout: float = MISSING
+    bn_momentum: float = MISSING  # PyTorch convention: 0.99 in TensorFlow terms is 0.01
+    bn_eps: float = MISSING
+    leaky_relu_slope: float = MISSING
+    stem_width: int = MISSING  # channels of the first convolution (the official MPL code: 16 * widen_factor)
+
+
+def build(cfg, input_shape: tuple[int, ...], num_classes: int) -> WideResNet:
+    return WideResNet(num_classes, cfg.depth, cfg.widen_factor, cfg.dropout, cfg.bn_momentum, cfg.leaky_relu_slope,
+                      cfg.bn_eps, cfg.stem_width)
+
+
+def check(cfg) -> None:
+    if not isinstance(cfg.model.depth, int) or not 10 <= cfg.model.depth <= 1000 or (cfg.model.depth - 4) % 6:
+        raise ConfigError("model.depth", cfg.model.depth, "10, 16, 22, 28, ... (6n + 4) up to 1000")
+    count(cfg, "model.widen_factor", 1, MAX_WIDTH // 64, why=" (the last stage has 64 x widen_factor channels)")
+    fraction(cfg, "model.dropout")
+    fraction(cfg, "model.bn_momentum", closed=True)
+    positive(cfg, "model.bn_eps")
+    at_least(cfg, "model.leaky_relu_slope", 0)
+    count(cfg, "model.stem_width", 1, MAX_WIDTH)
+
+
+def unfit(cfg, input_shape: tuple[int, ...]) -> tuple[str, str] | None:
+    dataset = cfg.dataset.name
+    if len(input_shape) != 3:
+        return "model", f"mlp for dataset={dataset} (inputs of shape {input_shape}, not images)"
+    if input_shape[0] != 3 or min(input_shape[1:]) < 8:
+        return "model", (f"small_cnn or mlp for dataset={dataset} (wide_resnet needs 3-channel images of at least "
+                         f"8x8, not {'x'.join(map(str, input_shape))})")
+    return None
+
+
+register("model", "wide_resnet", WideResNetConfig, build, check=check, unfit=unfit)

@@ -1,0 +1,164 @@
+"""The worker pipeline of the image data sets (``dataset.pipeline=workers``): each image augmented on its own, by
+torchvision transforms, in DataLoader worker processes; for data sets that do not fit on the device, and to
+compare with :mod:`mpl_runner.data.image_device`.
+
+Batch ``b`` of a stream holds the rows :class:`~mpl_runner.data.splits.EpochOrder` gives, and each image's
+augmentation draws from a seed of its own, whichever worker runs it: a resumed run starts the streams at its
+step and sees the very batches an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision.transforms import v2
+
+from mpl_runner.data.batch import Batch
+from mpl_runner.data.randaugment import FILL, OfficialCutout, OfficialRandAugment
+from mpl_runner.data.splits import EpochOrder
+from mpl_runner.signals import ignore_stop_signals
+
+
+def _normalize(mean, std) -> list[v2.Transform]:
+    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+
+
+def _flip_crop(flip: bool = True) -> list[v2.Transform]:
+    crop = v2.RandomCrop(32, padding=4, padding_mode="reflect")
+    return [v2.RandomHorizontalFlip(), crop] if flip else [crop]
+
+
+def eval_transform(mean, std) -> v2.Compose:
+    return v2.Compose(_normalize(mean, std))
+
+
+def weak_transform(mean, std, flip: bool = True) -> v2.Compose:
+    return v2.Compose([*_flip_crop(flip), *_normalize(mean, std)])
+
+
+def strong_transform(cfg, mean, std, flip: bool = True) -> v2.Compose:
+    """The strong view ``dataset.randaugment`` names (see :class:`~mpl_runner.data.image_sets.ImageSetConfig`)."""
+    if cfg.randaugment == "official":
+        # The official MPL strong view (google-research meta_pseudo_labels, data_utils.py:557-565): flip + crop, its
+        # RandAugment, a cutout_size square of grey 128, then flip + crop again. See mpl_runner/data/randaugment.py.
+        rand_augment = [OfficialRandAugment(cfg.randaugment_num_ops, cfg.randaugment_magnitude, FILL),
+                        OfficialCutout(cfg.cutout_size, FILL)]
+        return v2.Compose([*_flip_crop(flip), *rand_augment, *_flip_crop(flip), *_normalize(mean, std)])
+    # torchvision's RandAugment (0-30 scale) and RandomErasing, for comparison. Cutout fills with the mean colour,
+    # which normalises to zero.
+    fill = [round(255 * m) for m in mean]
+    cutout = v2.RandomErasing(cfg.cutout_probability, scale=tuple(cfg.cutout_scale), ratio=(1.0, 1.0), value=fill)
+    rand_augment = v2.RandAugment(cfg.randaugment_num_ops, cfg.randaugment_magnitude)
+    return v2.Compose([*_flip_crop(flip), rand_augment, cutout, *_normalize(mean, std)])
+
+
+def _seeded(key) -> tuple[int, int | None]:
+    """A dataset key: an index, or ``(index, seed)`` from :class:`SeededBatches`."""
+    return key if isinstance(key, tuple) else (key, None)
+
+
+def _draw(seed: int | None, draw):
+    """``draw()`` with the CPU generator seeded by ``seed`` (then restored), or as it stands for ``None``."""
+    if seed is None:
+        return draw()
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        return draw()
+
+
+class LabeledImages(Dataset):
+    """``(transform(image), label)`` pairs; used for the labeled split (weak view) and the evaluation splits."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: v2.Transform):
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, key) -> tuple[torch.Tensor, torch.Tensor]:
+        i, seed = _seeded(key)
+        return _draw(seed, lambda: self.transform(self.images[i])), self.labels[i]
+
+
+class UnlabeledImages(Dataset):
+    """``(weak view, strong view)`` of the same image."""
+
+    def __init__(self, images: torch.Tensor, weak: v2.Transform, strong: v2.Transform):
+        self.images, self.weak, self.strong = images, weak, strong
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, key) -> tuple[torch.Tensor, torch.Tensor]:
+        i, seed = _seeded(key)
+        image = self.images[i]
+        return _draw(seed, lambda: (self.weak(image), self.strong(image)))
+
+
+class SeededBatches(Sampler):
+    """Endless batches of ``(index, augmentation seed)`` from batch ``start`` on; rank ``rank`` of ``world`` gets
+    every ``world``-th item of each global batch."""
+
+    def __init__(self, size: int, batch_size: int, seed: int, start: int = 0, rank: int = 0, world: int = 1):
+        self.order, self.seed, self.start = EpochOrder(size, batch_size, seed), seed, start
+        self.rank, self.world = rank, world
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        b = self.start
+        while True:
+            rows = self.order.rows(b).tolist()
+            seeds = np.random.SeedSequence([self.seed, b]).generate_state(len(rows), np.uint64).tolist()
+            yield list(zip(rows, seeds))[self.rank::self.world]
+            b += 1
+
+
+def loader(dataset: Dataset, cfg, device: torch.device, batch_size: int = 1, batch_sampler=None) -> DataLoader:
+    workers = cfg.num_workers
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,  # (1 is the default: DataLoader refuses any other with a batch_sampler)
+        batch_sampler=batch_sampler,
+        num_workers=workers,
+        pin_memory=cfg.pin_memory and device.type == "cuda",
+        persistent_workers=cfg.persistent_workers and workers > 0,
+        generator=torch.Generator(),  # the loader's worker seeds: not drawn from (and not moving) the global RNG
+        worker_init_fn=ignore_stop_signals,
+    )
+
+
+class Pipeline:
+    """The image splits (uint8 N x C x H x W on the CPU) as datasets of their views (see
+    :mod:`mpl_runner.data.image_sets` for the interface)."""
+
+    def __init__(self, cfg, device: torch.device, splits: dict, mean, std):
+        self.cfg, self.device = cfg, device
+        weak, strong = weak_transform(mean, std, cfg.flip), strong_transform(cfg, mean, std, cfg.flip)
+        self.sets = {"labeled": LabeledImages(*splits["labeled"], weak),
+                     "unlabeled": UnlabeledImages(splits["unlabeled"][0], weak, strong)}
+        for name in ("val", "test"):
+            if name in splits:
+                self.sets[name] = LabeledImages(*splits[name], eval_transform(mean, std))
+        self.plain = eval_transform(mean, std)
+
+    def train_batches(self, sizes: dict[str, int], seeds: list[int], start: int, rank: int, world: int
+                      ) -> Iterator[Batch]:
+        """Rank ``rank``'s share of the batches of the ``sizes`` streams, stream ``k`` seeded by ``seeds[k]``."""
+        loaders = [loader(self.sets[name], self.cfg, self.device,
+                          batch_sampler=SeededBatches(len(self.sets[name]), size, seed, start, rank, world))
+                   for (name, size), seed in zip(sizes.items(), seeds)]
+        if len(loaders) == 1:
+            return (Batch(x_l=x_l, y_l=y_l) for x_l, y_l in loaders[0])
+        return (Batch(x_l=x_l, y_l=y_l, x_uw=x_uw, x_us=x_us) for (x_l, y_l), (x_uw, x_us) in zip(*loaders))
+
+    def eval_batches(self, name: str) -> DataLoader:
+        return loader(self.sets[name], self.cfg, self.device, batch_size=self.cfg.eval_batch_size)
+
+    def strong_views(self, indices: list[int], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unlabeled images ``indices`` and a strong view of each, normalised, on the CPU; the run's RNG untouched."""
+        unlabeled = self.sets["unlabeled"]
+        seeds = np.random.SeedSequence([seed]).generate_state(len(indices), np.uint64).tolist()
+        views = [unlabeled[(i, s)][1] for i, s in zip(indices, seeds)]
+        return torch.stack([self.plain(unlabeled.images[i]) for i in indices]), torch.stack(views)
