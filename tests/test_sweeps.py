@@ -37,6 +37,7 @@ def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
 def test_optuna_search_selects_on_validation_accuracy_not_test(tmp_path):
     sweep = tmp_path / "sweep"
     result = mpl_run("hparams_search=two_moons_optuna", "hydra.sweeper.n_trials=3", *TINY,
+                     "hydra/launcher=local_parallel", "hydra.sweeper.n_jobs=2",  # batches of 2 trials, in parallel
                      "hydra.sweeper.storage=sqlite:///${hydra.sweep.dir}/optuna.db", f"hydra.sweep.dir={sweep}",
                      cwd=tmp_path)
     assert result.returncode == 0, result.stderr

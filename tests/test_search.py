@@ -1,0 +1,137 @@
+"""The search sweeper (mpl_runner/search.py, hydra/sweeper=optuna): stored studies resume without repeating finished
+trials, interrupted trials are replaced, the params grammar becomes Optuna distributions, bad settings are one line."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import optuna
+import pytest
+import yaml
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
+
+from conftest import TINY, cli_in_process, job_dirs
+from mpl_runner import run as run_module
+from mpl_runner.search import SAMPLERS, search_space
+from mpl_runner.signals import Interrupted
+
+COMPLETE, FAIL = TrialState.COMPLETE, TrialState.FAIL
+
+
+def search(tmp_path, monkeypatch, capsys, storage: str, n_trials: int, *extra: str) -> tuple[int, str, str]:
+    """``mpl-run hparams_search=two_moons_optuna`` (tiny jobs) into ``tmp_path/sweep``, in this process."""
+    return cli_in_process(["hparams_search=two_moons_optuna", *TINY, f"hydra.sweeper.storage={storage}",
+                           f"hydra.sweeper.n_trials={n_trials}", f"hydra.sweep.dir={tmp_path / 'sweep'}", *extra],
+                          tmp_path, monkeypatch, capsys)
+
+
+def study(storage) -> optuna.Study:
+    return optuna.load_study(study_name="two_moons_mpl", storage=storage)
+
+
+def test_a_stored_study_resumes_without_repeating_finished_trials_and_replaces_one_left_running(
+        tmp_path, monkeypatch, capsys):
+    sweep, url = tmp_path / "sweep", f"sqlite:///{tmp_path}/sweep/optuna.db"
+    status, _, stderr = search(tmp_path, monkeypatch, capsys, url, 2, "hydra.sweeper.n_jobs=2")  # one batch of 2
+    assert status == 0, stderr
+    assert [t.state for t in study(url).trials] == [COMPLETE, COMPLETE]
+    study(url).ask()  # trial 2: as a sweep killed while it ran leaves it (RUNNING)
+
+    status, _, stderr = search(tmp_path, monkeypatch, capsys, url, 3)  # the same command, one trial more
+    assert status == 0, stderr
+    trials = study(url).trials
+    assert [t.state for t in trials] == [COMPLETE, COMPLETE, FAIL, COMPLETE]  # exactly one more trial ran
+    assert [j.name.split("_")[0] for j in job_dirs(sweep)] == ["0", "1", "3"]  # job number = trial number
+    assert trials[3].params != trials[0].params  # (a resumed seeded sampler does not ask for its first points again)
+    assert trials[3].user_attrs["job_dir"] == str(job_dirs(sweep)[2])
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    values = [json.loads((j / "metrics.json").read_text())["val/acc"] for j in job_dirs(sweep)]
+    assert best["best_value"] == max(values) == max(t.value for t in trials if t.state == COMPLETE)
+    assert (best["trials_complete"], best["trials_failed"]) == (3, 1)
+
+    status, _, _ = search(tmp_path, monkeypatch, capsys, url, 3)  # finished: nothing runs
+    assert status == 0 and len(study(url).trials) == 4
+
+
+def test_a_journal_file_study_goes_on_after_a_crash_and_an_interrupted_trial(tmp_path, monkeypatch, capsys):
+    """A job that crashes is told FAIL, the other jobs of its batch still count, and the search ends with that job's
+    line (as a crashed job of any multirun does); a job stopped by SIGTERM ends it at once (exit 128 + 15), told FAIL
+    too. Neither counts as done: the same command again runs replacements."""
+    journal, sweep = tmp_path / "sweep" / "optuna.log", tmp_path / "sweep"
+    original, calls = run_module.run, []
+
+    def crashes_then_stopped(cfg, run_dir):
+        calls.append(run_dir)
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        if len(calls) == 3:
+            raise Interrupted(10, signal.SIGTERM)
+        return original(cfg, run_dir)
+
+    monkeypatch.setattr(run_module, "run", crashes_then_stopped)
+    status, _, stderr = search(tmp_path, monkeypatch, capsys, f"journal:{journal}", 2, "hydra.sweeper.n_jobs=2")
+    crashed, storage = job_dirs(sweep)[0], JournalStorage(JournalFileBackend(str(journal)))
+    assert status == 2 and stderr.strip().splitlines()[-1] == (
+        f"mpl-run: error: job 0 ({crashed}) failed: RuntimeError: boom; traceback in {crashed / 'run.log'}")
+    assert [t.state for t in study(storage).trials] == [FAIL, COMPLETE]
+    assert yaml.safe_load((sweep / "optimization_results.yaml").read_text())["best_trial"] == 1
+
+    status, _, stderr = search(tmp_path, monkeypatch, capsys, f"journal:{journal}", 2)
+    assert status == 128 + signal.SIGTERM, stderr
+    assert [t.state for t in study(storage).trials] == [FAIL, COMPLETE, FAIL]
+
+    monkeypatch.setattr(run_module, "run", original)
+    status, _, stderr = search(tmp_path, monkeypatch, capsys, f"journal:{journal}", 2)
+    assert status == 0, stderr
+    assert [t.state for t in study(storage).trials] == [FAIL, COMPLETE, FAIL, COMPLETE]
+    assert len(job_dirs(sweep)) == 4
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # (QMCSampler)
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_every_sampler_is_made_with_its_seed(name):
+    sampler = instantiate(OmegaConf.structured(SAMPLERS[name](seed=3)))
+    assert isinstance(sampler, optuna.samplers.BaseSampler)
+
+
+def test_params_and_command_line_sweeps_become_optuna_distributions():
+    space, fixed = search_space(
+        {"optim.lr": "tag(log, interval(0.01, 1.0))", "method.uda.weight": "interval(0.25, 4.0)",
+         "trainer.steps": "range(10, 50, 10)", "optim.name": "choice(sgd, adam)", "seed": 3,
+         "dataset.strong_jitter": "range(0.1, 0.5, 0.1)"},
+        ["hparams_search=two_moons_optuna", "seed=0,1", "method.uda.weight=2.0", "+model.width=tag(log, range(8, 65))"])
+    assert space == {
+        "optim.lr": FloatDistribution(0.01, 1.0, log=True),
+        "trainer.steps": IntDistribution(10, 40, step=10),  # range(a, b) leaves b out, as in Hydra
+        "optim.name": CategoricalDistribution(["sgd", "adam"]),
+        "dataset.strong_jitter": FloatDistribution(0.1, 0.4, step=0.1),
+        "seed": CategoricalDistribution([0, 1]),  # the command line's sweep replaces the preset's value
+        "+model.width": IntDistribution(8, 64, log=True),
+    }
+    assert fixed == ["hparams_search=two_moons_optuna", "method.uda.weight=2.0"]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("hydra.sweeper.storage=optuna.db", "hydra.sweeper.storage='optuna.db' is not allowed: null (in memory), an RDB "
+     "URL (sqlite:///study.db, postgresql://user@host/db, ...) or journal:<file> (an Optuna journal file, for "
+     "clusters without a database server)"),
+    ("hydra.sweeper.storage=redis://localhost", "hydra.sweeper.storage='redis://localhost' is not allowed: null"),
+    ("hydra.sweeper.storage=journal:", "hydra.sweeper.storage='journal:' is not allowed: null"),
+    ("hydra.sweeper.n_trials=-1", "hydra.sweeper.n_trials=-1 is not allowed: >= 0"),
+    ("optim.lr=glob(*)", "optim.lr='glob(*)' is not allowed: interval(a, b), tag(log, interval(a, b)), range(a, b[, "
+     "step]), choice(x, y, ...) or a plain value (glob(...) is none of them)"),
+    ("optim.lr=tag(log, interval(0, 1))", "optim.lr='tag(log, interval(0, 1))' is not allowed: interval(a, b)"),
+])
+def test_a_bad_search_setting_is_one_line(tmp_path, monkeypatch, capsys, override, message):
+    status, _, stderr = cli_in_process(["hparams_search=two_moons_optuna", "hydra.sweeper.n_trials=1", override,
+                                        f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path, monkeypatch, capsys)
+    assert status == 2
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"mpl-run: error: {message}"), stderr
+    assert not job_dirs(tmp_path / "sweep")
