@@ -125,16 +125,19 @@ TINY_CIFAR = [
 ]
 
 
-def test_tiny_cifar_killed_and_requeued_on_other_workers_gives_the_same_run(tmp_path):
-    """A cluster requeue: the same command and run dir again; it goes on by itself, here with another number of
-    data-loader workers, which the seeded data streams make no difference to."""
+@pytest.mark.parametrize("pipeline", ["workers", "device"])
+def test_tiny_cifar_killed_and_requeued_gives_the_same_run(tmp_path, pipeline):
+    """A cluster requeue: the same command and run dir again; it goes on by itself. The worker pipeline goes on with
+    another number of data-loader workers, which the seeded data streams make no difference to; the device
+    pipeline's batches and views are a function of (seed, batch) through its own generator."""
     write_fake_cifar10(tmp_path / "data")
-    args = [*TINY_CIFAR, f"dataset.root={tmp_path / 'data'}"]
+    args = [*TINY_CIFAR, f"dataset.root={tmp_path / 'data'}", f"dataset.pipeline={pipeline}"]
     baseline = mpl_run(*args, "dataset.num_workers=0", "hydra.run.dir=baseline", cwd=tmp_path)
     assert baseline.returncode == 0, baseline.stderr
 
     run_dir = tmp_path / "run"
-    workers = start([*args, "dataset.num_workers=2", f"hydra.run.dir={run_dir}"], tmp_path)
+    workers = start([*args, f"dataset.num_workers={2 if pipeline == 'workers' else 0}", f"hydra.run.dir={run_dir}"],
+                    tmp_path)
     status, _ = interrupt(workers, run_dir, signal.SIGKILL)
     assert status == -signal.SIGKILL
     result = mpl_run(*args, "dataset.num_workers=0", f"hydra.run.dir={run_dir}", cwd=tmp_path)
