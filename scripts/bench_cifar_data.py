@@ -1,88 +1,143 @@
-"""How fast the CIFAR-10 input pipeline feeds a step, by data-loader workers and persistent workers.
+"""How fast the CIFAR-10 input pipelines feed a step: views/s of each pipeline, and MPL steps/s end to end.
 
-    python scripts/bench_cifar_data.py [--root ../shared/data/cifar10] [--steps 30] [--out FILE]
+    python scripts/bench_cifar_data.py [--device cpu|cuda] [--root ../shared/data/cifar10] [--out FILE]
 
-Two numbers per setting, on the real data (read with our reader, augmented with torchvision v2 as ``mpl-run``
-does): training images/s of the stream a run draws from (B labeled weak views + mu B unlabeled weak and strong
-views per step, RandAugment on the strong view), and the seconds of the second and third pass over the 10,000
-test images (what each evaluation costs after the first; with persistent workers the workers stay up between
-passes). The training stream is one endless iterator, so persistent workers do not change it.
+1. Views/s (random uint8 images in CIFAR-10's shape; speed does not depend on content): the training batches an
+   MPL run draws, B labeled weak views + mu * B unlabeled weak and strong views per step (official RandAugment at
+   magnitude 16 and a 16 x 16 cutout), from the worker pipeline at each ``dataset.num_workers`` (0: in the main
+   process, one core) and from the device pipeline (whole batches on ``--device``; on the CPU with one thread,
+   to compare with one worker, and with every thread). Official batch: B = 128, mu = 7 (1,920 views a step).
+2. End to end (real CIFAR-10 at ``--root``; skipped where absent or with ``--no-e2e``): ``experiment=cifar10_4k_mpl``
+   at B = 8, mu = 7 for ``--e2e-steps`` steps, train seconds per step from metrics.json, with the worker pipeline
+   (``dataset.num_workers`` as the preset has it: 4) and with the device pipeline, in the same process one after
+   the other.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
-import statistics
+import gc
+import json
+import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
-from omegaconf import OmegaConf
+from hydra import compose, initialize_config_module
 
-from mpl_runner.config import Cifar10Config
-from mpl_runner.data import cifar10
+from mpl_runner.config import register_configs
+from mpl_runner.data import cifar10, image_sets
 from mpl_runner.files import atomic_write_json
 
-SETTINGS = [(0, False), (1, True), (2, False), (2, True)]  # (num_workers, persistent_workers)
+
+def compose_cfg(*overrides: str):
+    register_configs()
+    with initialize_config_module("mpl_runner.conf", version_base="1.3"):
+        return compose("config", overrides=list(overrides))
 
 
-def build(root: Path, workers: int, persistent: bool, batch: int, mu: int):
-    cfg = OmegaConf.structured(Cifar10Config(
-        root=str(root), num_labeled=4000, labeled_batch_size=batch, unlabeled_ratio=mu, num_workers=workers,
-        persistent_workers=persistent, split_seed=0, eval_batch_size=512,
-    ))
+def random_cifar(seed: int = 0) -> image_sets.Images:
+    rng = np.random.default_rng(seed)
+    train = rng.integers(0, 256, (50_000, 32, 32, 3), dtype=np.uint8)
+    test = rng.integers(0, 256, (10_000, 32, 32, 3), dtype=np.uint8)
+    labels = np.repeat(np.arange(10), 5_000)
+    return image_sets.Images(train, labels, test, np.repeat(np.arange(10), 1_000), cifar10.CLASS_NAMES, cifar10.MEAN,
+                             cifar10.STD)
+
+
+def views_per_s(images, pipeline: str, workers: int, device: torch.device, batch: int, mu: int, steps: int) -> float:
+    cfg = compose_cfg("dataset=cifar10_4k", f"dataset.pipeline={pipeline}", f"dataset.num_workers={workers}",
+                      f"dataset.labeled_batch_size={batch}", f"dataset.unlabeled_ratio={mu}").dataset
     torch.manual_seed(0)
-    return cifar10.build(cfg, torch.device("cpu"))
-
-
-def train_images_per_s(data, steps: int) -> float:
-    batches = data.train_batches(0)
-    next(batches)  # workers start
-    start, images = time.perf_counter(), 0
+    data = image_sets.build(cfg, device, images)
+    stream = data.train_batches(0)
+    next(stream)  # workers start; first-use costs
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    start, views = time.perf_counter(), 0
     for _ in range(steps):
-        b = next(batches)
-        images += len(b.x_l) + len(b.x_uw) + len(b.x_us)
-    return images / (time.perf_counter() - start)
+        views += len(next(stream))
+    sync()
+    seconds = time.perf_counter() - start
+    del stream, data  # stop the workers (they would go on prefetching during the next measurement)
+    gc.collect()
+    return views / seconds
 
 
-def eval_pass_seconds(data) -> float:
-    """Median of passes 2 and 3 over the test split (pass 1 pays for starting workers either way)."""
-    times = []
-    for _ in range(3):
-        start = time.perf_counter()
-        for _x, _y in data.eval_splits["test"]:
-            pass
-        times.append(time.perf_counter() - start)
-    return statistics.median(times[1:])
+def e2e_seconds_per_step(root: Path, pipeline: str, device: str, steps: int) -> float:
+    from mpl_runner.run import run
+
+    cfg = compose_cfg("experiment=cifar10_4k_mpl", f"dataset.root={root}", f"dataset.pipeline={pipeline}",
+                      "dataset.labeled_batch_size=8", "dataset.unlabeled_ratio=7", f"trainer.steps={steps}",
+                      f"trainer.eval_interval={10 * steps}", f"trainer.log_interval={steps}", "trainer.progress=false",
+                      "trainer.checkpoint_interval=null", "method.student_wait_steps=0", "method.finetune.steps=0",
+                      f"device={device}")
+    with tempfile.TemporaryDirectory() as run_dir:
+        run(cfg, Path(run_dir))
+        return json.loads((Path(run_dir) / "metrics.json").read_text())["train_seconds"] / steps
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--root", type=Path, default=Path("../shared/data/cifar10"))
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--mu", type=int, default=7)
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=5, help="batches timed per pipeline")
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--e2e-steps", type=int, default=40)
+    parser.add_argument("--no-e2e", action="store_true")
     parser.add_argument("--out", type=Path, default=Path("docs/bench_cifar_data.json"))
     args = parser.parse_args()
+    device, threads = torch.device(args.device), torch.get_num_threads()
+    images = random_cifar()
+
     rows = []
-    for workers, persistent in SETTINGS:
-        data = build(args.root, workers, persistent, args.batch, args.mu)
-        row = {"num_workers": workers, "persistent_workers": persistent,
-               "train_images_per_s": train_images_per_s(data, args.steps), "eval_pass_s": eval_pass_seconds(data)}
-        rows.append(row)
-        print(f"workers={workers} persistent={persistent!s:5s}  train {row['train_images_per_s']:7.0f} images/s  "
-              f"eval pass {row['eval_pass_s']:.2f} s", flush=True)
-        del data
-    meta = {"date": datetime.date.today().isoformat(), "cpus": torch.get_num_threads(), "torch": torch.__version__,
-            "batch": args.batch, "mu": args.mu, "steps": args.steps}
-    print(f"\n{meta['date']}, {meta['cpus']} CPU threads, torch {meta['torch']}, B={args.batch}, mu={args.mu}")
-    print("| num_workers | persistent | train images/s | eval pass (s) |")
-    print("|---:|---|---:|---:|")
+    for workers in args.workers:
+        rows.append({"pipeline": "workers", "num_workers": workers, "device": "cpu", "threads": 1,
+                     "views_per_s": views_per_s(images, "workers", workers, torch.device("cpu"), args.batch, args.mu,
+                                                args.steps)})
+        print(rows[-1], flush=True)
+    for n in ([1, threads] if device.type == "cpu" and threads > 1 else [threads]):
+        torch.set_num_threads(n)
+        rows.append({"pipeline": "device", "num_workers": 0, "device": str(device), "threads": n,
+                     "views_per_s": views_per_s(images, "device", 0, device, args.batch, args.mu, args.steps)})
+        print(rows[-1], flush=True)
+    torch.set_num_threads(threads)
+    one_worker = next((r["views_per_s"] for r in rows if r["pipeline"] == "workers" and r["num_workers"] == 1), None)
     for r in rows:
-        print(f"| {r['num_workers']} | {'yes' if r['persistent_workers'] else 'no'} | "
-              f"{r['train_images_per_s']:.0f} | {r['eval_pass_s']:.2f} |")
-    atomic_write_json(args.out, {**meta, "rows": rows})
+        r["vs_one_worker"] = r["views_per_s"] / one_worker if one_worker else None
+        r["step_share_at_40_steps_per_s"] = None if device.type == "cpu" else (
+            args.batch * (1 + 2 * args.mu) * 40 / r["views_per_s"])
+
+    e2e = []
+    if not args.no_e2e and (args.root / cifar10.FOLDER).is_dir():
+        for pipeline in ("workers", "device"):
+            seconds = e2e_seconds_per_step(args.root, pipeline, args.device, args.e2e_steps)
+            e2e.append({"pipeline": pipeline, "seconds_per_step": seconds, "steps_per_s": 1 / seconds})
+            print(e2e[-1], flush=True)
+
+    meta = {"date": datetime.date.today().isoformat(), "torch": torch.__version__, "threads": threads,
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "batch": args.batch, "mu": args.mu, "views_per_step": args.batch * (1 + 2 * args.mu)}
+    print(f"\n{meta['date']}, {meta['device']}, {threads} CPU threads, torch {meta['torch']}; "
+          f"B={args.batch}, mu={args.mu}: {meta['views_per_step']} views a step")
+    print("| pipeline | num_workers | device | threads | views/s | x one worker |")
+    print("|---|---:|---|---:|---:|---:|")
+    for r in rows:
+        ratio = f"{r['vs_one_worker']:.1f}" if r["vs_one_worker"] else "-"
+        print(f"| {r['pipeline']} | {r['num_workers']} | {r['device']} | {r['threads']} | {r['views_per_s']:,.0f} | "
+              f"{ratio} |")
+    if e2e:
+        print(f"\nMPL end to end, real CIFAR-10, WRN-28-2, B=8, mu=7, {args.e2e_steps} steps on {args.device}:")
+        print("| pipeline | s/step | steps/s | x workers |")
+        print("|---|---:|---:|---:|")
+        for r in e2e:
+            print(f"| {r['pipeline']} | {r['seconds_per_step']:.2f} | {r['steps_per_s']:.3f} | "
+                  f"{r['steps_per_s'] / e2e[0]['steps_per_s']:.2f} |")
+    atomic_write_json(args.out, {**meta, "views": rows, "end_to_end": e2e, "e2e_steps": args.e2e_steps})
     print(f"wrote {args.out}")
 
 
