@@ -1,3 +1,3 @@
-from mpl_runner.run import cli
+from mpl_runner.cli import cli
 
 cli()

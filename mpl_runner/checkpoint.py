@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from mpl_runner.errors import UserError, one_line
 from mpl_runner.files import atomic_write_bytes

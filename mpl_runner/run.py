@@ -1,4 +1,5 @@
-"""``mpl-run``: validate the config, build data, models and method, train, write the run's record.
+"""One run: validate the config, build data, models and method, train, write the run's record (the command line
+around it: :mod:`mpl_runner.cli`).
 
 Reading order for a newcomer: :func:`run` here, then :func:`mpl_runner.engine.train`, then the method
 (:mod:`mpl_runner.methods.mpl`).
@@ -6,20 +7,13 @@ Reading order for a newcomer: :func:`run` here, then :func:`mpl_runner.engine.tr
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 import random
-import shlex
-import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
 
-import hydra
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
@@ -29,22 +23,20 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from mpl_runner import checkpoint, distributed, run_dirs
-from mpl_runner.cli_errors import one_line_error
+from mpl_runner import checkpoint, run_dirs
 from mpl_runner.config import register_configs
-from mpl_runner.resolvers import require_validation_split
 from mpl_runner.data import SSLData, build_dataset
 from mpl_runner.distributed import World, world_from_env
 from mpl_runner.engine import Start, resolve_amp, train
-from mpl_runner.errors import ConfigError, JobFailed, UserError, one_line
+from mpl_runner.errors import ConfigError, UserError
 from mpl_runner.figures import confusion_figure, save_png
-from mpl_runner.files import atomic_write_json, write_error
+from mpl_runner.files import atomic_write_json
 from mpl_runner.logging import Tracker, flatten
 from mpl_runner.methods import Method, build_method
 from mpl_runner.models import build_model, count_parameters
 from mpl_runner.provenance import provenance
 from mpl_runner.signals import Interrupted, StopSignals
-from mpl_runner.validate import config_warnings, validate, validate_overrides, validate_world
+from mpl_runner.validate import config_warnings, validate, validate_world
 
 log = logging.getLogger("mpl_runner")
 
@@ -232,54 +224,6 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     return execute(cfg, run_dir).record
 
 
-def discard_if_unused(run_dir: Path) -> None:
-    """After a user error: remove what this command created in ``run_dir``, by name, and nothing else: the record
-    Hydra wrote for this job, its log file and lock file if this command made them, and the run dir if this
-    command made it and it is empty then (a resume that failed leaves the resumed run as it was; a dir of the
-    user's keeps every file). What the run dir held before is what :class:`mpl_runner.run_dirs.NoteRunDir` saw;
-    where nothing was noted, nothing is taken for this command's own. Every rank may call it."""
-    hydra_cfg = HydraConfig.get()
-    found = run_dirs.found_before(run_dir)
-    if found is None:
-        return
-    with contextlib.suppress(OSError):  # (another rank may be removing the same things)
-        record = hydra_cfg.output_subdir
-        if record is not None and found.made(str(Path(record))):
-            shutil.rmtree(run_dir / record)  # a record dir this command made holds nothing but its record
-        elif record is not None and Path(record) == Path(".hydra"):
-            for name in run_dirs.RECORD_FILES:
-                if found.made(f".hydra/{name}"):
-                    (run_dir / ".hydra" / name).unlink(missing_ok=True)
-        if found.made(".hydra") and (run_dir / ".hydra").is_dir() and not any((run_dir / ".hydra").iterdir()):
-            (run_dir / ".hydra").rmdir()
-        for name in (f"{hydra_cfg.job.name}.log", run_dirs.LOCK_NAME):
-            if found.made(name):
-                (run_dir / name).unlink(missing_ok=True)
-        if not found.existed and run_dir.is_dir() and not any(run_dir.iterdir()):
-            run_dir.rmdir()
-
-
-def _stat(path: Path) -> tuple[int, int] | None:
-    return (path.stat().st_mtime_ns, path.stat().st_size) if path.exists() else None
-
-
-def written(run_dir: Path) -> tuple:
-    """What tells whether a run wrote its record or trained: its ``metrics.json`` and checkpoint, as they are."""
-    return _stat(run_dir / "metrics.json"), _stat(run_dir / checkpoint.RELATIVE_PATH)
-
-
-def resume_hint(run_dir: Path, mode: RunMode) -> str:
-    """The command that goes on from ``run_dir``'s checkpoint."""
-    hydra_cfg = HydraConfig.get()
-    overrides = [o for o in hydra_cfg.overrides.task if not o.startswith("trainer.resume=")]
-    world = world_from_env()
-    program = ["torchrun", f"--nproc_per_node={world.size}", "-m", "mpl_runner"] if world.distributed else ["mpl-run"]
-    command = shlex.join([*program, *overrides, f"trainer.resume={run_dir}"])
-    if mode == RunMode.MULTIRUN:
-        return f"{command} (this job alone), or rerun the sweep with hydra.sweep.dir={hydra_cfg.sweep.dir}"
-    return command
-
-
 def hparams_leading(cfg: DictConfig) -> set[str]:
     """The flattened config keys this command set (in a sweep: the swept ones, as the sweep dir's ``multirun.yaml``
     or the search space says), which TensorBoard's HParams lists first; keys that only say where and how a run
@@ -300,127 +244,3 @@ def hparams_leading(cfg: DictConfig) -> set[str]:
     flat = flatten(cfg)
     named = {k if k in flat else f"{k}.name" for k in keys}
     return {k for k in named if k in flat and k not in checkpoint.FREE_KEYS}
-
-
-#: what ``mpl-run`` returns to Hydra, so what searches optimise: never a test number
-SELECTION_METRIC = "val/acc"
-
-
-def exit_with_error(message: str) -> NoReturn:
-    if world_from_env().is_main:  # (under torchrun every rank finds the same mistake; one says it)
-        print(f"mpl-run: error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
-@hydra.main(version_base="1.3", config_path="pkg://mpl_runner.conf", config_name="config")
-def hydra_main(cfg: DictConfig) -> float:
-    hydra_cfg = HydraConfig.get()
-    run_dir = Path(hydra_cfg.runtime.output_dir)
-    before = written(run_dir)
-    world = world_from_env()
-    distributed.start(world)  # a SLURM job with several tasks (under torchrun, cli() started it)
-    if not world.is_main:
-        quiet_logging()
-    if hydra_cfg.mode == RunMode.MULTIRUN and cfg.trainer.resume is not None:
-        # (conf/config.yaml stops this before a sweep dir exists, unless hydra.sweep.dir is given)
-        discard_if_unused(run_dir)
-        exit_with_error(f"trainer.resume={cfg.trainer.resume!r} is not allowed: null in a multirun (-m)")
-    try:
-        validate_overrides(cfg, hydra_cfg.overrides.task)
-        if hydra_cfg.mode == RunMode.MULTIRUN:  # (the sweep dir's resolver checks it too, unless it was given)
-            require_validation_split(hydra_cfg.sweeper._target_, cfg.dataset.get("num_val"))
-        return run(cfg, run_dir).get(SELECTION_METRIC)
-    except Interrupted as err:
-        if world.is_main and err.completed:
-            print(f"mpl-run: {err.signum.name} came after the last step ({err.step}); the run is complete: "
-                  f"{run_dir / 'metrics.json'}", file=sys.stderr)
-        elif world.is_main:
-            print(f"mpl-run: stopped by {err.signum.name} after step {err.step}; checkpoint in "
-                  f"{run_dir / checkpoint.RELATIVE_PATH}. Resume with: {resume_hint(run_dir, hydra_cfg.mode)}",
-                  file=sys.stderr)
-        if err.handover is not None:  # submitit's handler (requeues the job, then exits): the run is saved now
-            err.handover(err.signum, None)
-        sys.exit(128 + err.signum)
-    except Exception as err:
-        if hydra_cfg.mode != RunMode.RUN:
-            # A multirun goes on with the other jobs; this one is marked failed with its error (by rank 0), unless
-            # another mpl-run holds its dir.
-            if world.is_main and not (run_dir / "metrics.json").exists() and not isinstance(err, run_dirs.RunDirInUse):
-                atomic_write_json(run_dir / "metrics.json", failure_record(err))
-            if isinstance(err, UserError):
-                raise
-            # A crash: the sweep ends with one line (cli()), its traceback goes to the job's log file.
-            where = log_traceback(err)
-            raise JobFailed(f"job {hydra_cfg.job.num} ({run_dir}) failed: {one_line(err)}"
-                            + (f"; traceback in {where}" if where else "")) from err
-        # (a file the run could not write: a full disk, a read-only place)
-        place = getattr(err, "filename", None) or run_dir
-        user_error = err if isinstance(err, UserError) else write_error(err, place, denied=False)
-        if user_error is None:
-            raise
-        # A single run stops here, before Hydra adds its own multi-line report. An error before training (a bad
-        # config, data or checkpoint) leaves no trace: no run dir, or the resumed run's dir as it was. A run that
-        # wrote a checkpoint keeps it, with its log and record.
-        # (A run dir in use: what changed there is the other process's doing.)
-        if written(run_dir) == before or isinstance(err, run_dirs.RunDirInUse):
-            discard_if_unused(run_dir)
-        exit_with_error(str(user_error))
-
-
-def cli() -> None:
-    """Console entry point. User mistakes end as one line on stderr and exit status 2, without a traceback."""
-    # Let Hydra's exceptions reach us instead of being printed by Hydra over several lines.
-    os.environ["HYDRA_FULL_ERROR"] = "1"
-    distributed.start(world_from_env())  # under torchrun: join the process group before Hydra names the run dir
-    try:
-        refuse_empty_output_dir(sys.argv[1:])
-        hydra_main()
-    except JobFailed as err:  # a multirun job crashed: the first such error, in one line
-        exit_with_error(str(err))
-    except Exception as err:  # noqa: BLE001 - anything not a user mistake is re-raised below
-        message = one_line_error(err)
-        if message is None:
-            raise
-        exit_with_error(message)
-    finally:
-        distributed.stop()
-
-
-OUTPUT_DIR_KEYS = ("hydra.run.dir", "hydra.sweep.dir")
-
-
-def refuse_empty_output_dir(args: list[str]) -> None:
-    """``hydra.run.dir=`` or ``hydra.sweep.dir=`` with nothing after it would make Hydra write into the working dir.
-    Refused here, from the command line that ``hydra_main`` is about to read: before Hydra starts, nothing it could
-    write is written (a Hydra callback cannot refuse: Hydra turns its errors into warnings)."""
-    parser = OverridesParser.create()
-    for arg in args:
-        if arg.startswith("-") or "=" not in arg:
-            continue
-        try:
-            override = parser.parse_overrides([arg])[0]
-        except HydraException:
-            continue  # (Hydra reports it)
-        if override.key_or_group in OUTPUT_DIR_KEYS and not str(override.value()).strip():
-            raise ConfigError(override.key_or_group, override.value(),
-                              "a directory; leave it unset for a new one under outputs/")
-
-
-def log_traceback(err: BaseException) -> str | None:
-    """Write ``err`` with its traceback to the run's log file alone (not the console); returns that file's path,
-    or None where there is none."""
-    files = [h for h in logging.root.handlers if isinstance(h, logging.FileHandler)]
-    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "the job failed", None,
-                            (type(err), err, err.__traceback__))
-    for handler in files:
-        handler.handle(record)
-    return files[0].baseFilename if files else None
-
-
-def quiet_logging() -> None:
-    """Ranks other than 0 under torchrun: warnings only, on the console; the run's log file is rank 0's."""
-    for handler in list(logging.root.handlers):
-        if isinstance(handler, logging.FileHandler):
-            logging.root.removeHandler(handler)
-            handler.close()
-    logging.getLogger("mpl_runner").setLevel(logging.WARNING)

@@ -16,6 +16,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -215,3 +216,42 @@ def remove_orphans(run_dir: Path) -> list[str]:
                 path.unlink()
                 removed.append(str(path.relative_to(run_dir)))
     return removed
+
+
+# --- after a refused command ------------------------------------------------------------------------------
+
+
+def discard_if_unused(run_dir: Path) -> None:
+    """After a user error: remove what this command created in ``run_dir``, by name, and nothing else: the record
+    Hydra wrote for this job, its log file and lock file if this command made them, and the run dir if this
+    command made it and it is empty then (a resume that failed leaves the resumed run as it was; a dir of the
+    user's keeps every file). What the run dir held before is what :class:`mpl_runner.run_dirs.NoteRunDir` saw;
+    where nothing was noted, nothing is taken for this command's own. Every rank may call it."""
+    hydra_cfg = HydraConfig.get()
+    found = found_before(run_dir)
+    if found is None:
+        return
+    with contextlib.suppress(OSError):  # (another rank may be removing the same things)
+        record = hydra_cfg.output_subdir
+        if record is not None and found.made(str(Path(record))):
+            shutil.rmtree(run_dir / record)  # a record dir this command made holds nothing but its record
+        elif record is not None and Path(record) == Path(".hydra"):
+            for name in RECORD_FILES:
+                if found.made(f".hydra/{name}"):
+                    (run_dir / ".hydra" / name).unlink(missing_ok=True)
+        if found.made(".hydra") and (run_dir / ".hydra").is_dir() and not any((run_dir / ".hydra").iterdir()):
+            (run_dir / ".hydra").rmdir()
+        for name in (f"{hydra_cfg.job.name}.log", LOCK_NAME):
+            if found.made(name):
+                (run_dir / name).unlink(missing_ok=True)
+        if not found.existed and run_dir.is_dir() and not any(run_dir.iterdir()):
+            run_dir.rmdir()
+
+
+def _stat(path: Path) -> tuple[int, int] | None:
+    return (path.stat().st_mtime_ns, path.stat().st_size) if path.exists() else None
+
+
+def written(run_dir: Path) -> tuple:
+    """What tells whether a run wrote its record or trained: its ``metrics.json`` and checkpoint, as they are."""
+    return _stat(run_dir / "metrics.json"), _stat(run_dir / CHECKPOINT)

@@ -58,7 +58,7 @@ def job_dirs(sweep: Path) -> list[Path]:
 def cli_in_process(args: list[str], cwd: Path, monkeypatch, capsys) -> tuple[int, str, str]:
     """``mpl-run *args`` in ``cwd``, in this process (0.3 s instead of 5 s for a fresh interpreter):
     (exit status, stdout, stderr)."""
-    from mpl_runner.run import cli
+    from mpl_runner.cli import cli
 
     monkeypatch.chdir(cwd)
     monkeypatch.setattr(sys, "argv", ["mpl-run", *args])
@@ -75,7 +75,7 @@ def cli_in_process(args: list[str], cwd: Path, monkeypatch, capsys) -> tuple[int
 
 def finished_in_process(cwd: Path, *args: str) -> Path:
     """``mpl-run *args`` run to the end in this process, into ``cwd/run``, which it returns."""
-    from mpl_runner.run import cli
+    from mpl_runner.cli import cli
 
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(cwd)

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from conftest import TINY, cli_in_process, finished_in_process
-from mpl_runner import run as run_module
+from mpl_runner import run_dirs
 from test_cifar10_data import write_fake_cifar10
 from test_cifar10_run import TINY_CIFAR
 
@@ -120,7 +120,7 @@ def finished_copy(tmp: Path, finished: Path) -> Path:
 
 CASES = {
     # config values
-    "unknown option": (config("method=foo"), "method=foo is not an option; choose one of: mpl, supervised, uda"),
+    "unknown option": (config("method=foo"), "method=foo is not an option; choose one of: mpl, pseudo_labels, supervised, uda"),
     "unknown key": (config("trainer.stepz=3"), "trainer.stepz is not a config key"),
     "added unknown key": (config("+trainer.stepz=3"), "trainer.stepz is not a config key"),
     "labels not per class": (config("dataset.num_labeled=7"), "dataset.num_labeled=7 is not allowed"),
@@ -201,7 +201,7 @@ def test_bad_input_is_one_line_and_changes_nothing(case, tmp_path, finished, mon
 def test_a_resume_target_that_is_no_run_dir_is_refused_before_hydra_makes_anything(case, tmp_path, finished,
                                                                                    monkeypatch, capsys):
     """Refused while Hydra resolves hydra.run.dir: no run dir made, no log opened there, nothing to clean up."""
-    monkeypatch.setattr(run_module, "discard_if_unused", lambda run_dir: pytest.fail(f"had to clean up {run_dir}"))
+    monkeypatch.setattr(run_dirs, "discard_if_unused", lambda run_dir: pytest.fail(f"had to clean up {run_dir}"))
     setup, message = CASES[case]
     args = setup(tmp_path, finished)
     args, cwd = args if isinstance(args, tuple) else (args, tmp_path)

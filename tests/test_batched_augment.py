@@ -6,8 +6,6 @@ import torch.nn.functional as nnf
 from torchvision.transforms import v2
 
 from mpl_runner.data import batched_augment as ba
-from torchvision.transforms import v2
-
 from mpl_runner.data import cifar10, randaugment
 from mpl_runner.data.randaugment import FILL, OPS, SIGNED
 

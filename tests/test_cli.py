@@ -57,7 +57,7 @@ def test_multirun_runs_every_combination_in_its_own_dir(tmp_path):
 
 # tests/test_bad_inputs.py holds the full table (in-process); these two go through the console script itself.
 BAD = [
-    (["method=foo"], "method=foo is not an option; choose one of: mpl, supervised, uda"),
+    (["method=foo"], "method=foo is not an option; choose one of: mpl, pseudo_labels, supervised, uda"),
     (["dataset.num_labeled=7"], "dataset.num_labeled=7 is not allowed"),
 ]
 
