@@ -20,10 +20,10 @@ import time
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
+from hydra import compose, initialize_config_module
 
 from mpl_runner import distributed
-from mpl_runner.config import MPLConfig, OptimConfig, SupervisedConfig, UDAConfig, WideResNetConfig
+from mpl_runner.config import register_configs
 from mpl_runner.data import Batch
 from mpl_runner.distributed import World, world_from_env
 from mpl_runner.engine import autocast
@@ -40,10 +40,13 @@ def parse_setting(setting: str) -> tuple[str, bool, bool]:
     return amp, "cl" in switches, "compile" in switches
 
 
-def method_config(name: str):
-    if name == "supervised":
-        return OmegaConf.structured(SupervisedConfig())
-    return OmegaConf.structured(MPLConfig(uda=UDAConfig(weight=8.0, temperature=0.7, threshold=0.6)))
+def preset(name: str):
+    """The config ``experiment=cifar10_4k_<name>`` gives (WRN-28-2 and the optimizer as the official code has them),
+    the student learning from the first step."""
+    register_configs()
+    with initialize_config_module("mpl_runner.conf", version_base="1.3"):
+        return compose("config", overrides=[f"experiment=cifar10_4k_{name}", "method.student_wait_steps=0"]
+                       if name == "mpl" else [f"experiment=cifar10_4k_{name}"])
 
 
 def setup(method_name: str, channels_last: bool, device, batch: int, mu: int, compile: bool = False,
@@ -52,11 +55,10 @@ def setup(method_name: str, channels_last: bool, device, batch: int, mu: int, co
     on ``device``."""
     torch.manual_seed(0)
     fmt = torch.channels_last if channels_last else torch.preserve_format
-    model_cfg = OmegaConf.structured(WideResNetConfig())
-    optim_cfg = OmegaConf.structured(OptimConfig(lr=0.05))
+    cfg = preset(method_name)
     method = build_method(
-        method_config(method_name), optim_cfg, 1000,
-        lambda: build_model(model_cfg, (3, 32, 32), 10).to(device, memory_format=fmt),
+        cfg.method, cfg.optim, cfg.trainer.steps,
+        lambda: build_model(cfg.model, (3, 32, 32), 10).to(device, memory_format=fmt),
     )
     if world.distributed:
         method.distribute(world, device)

@@ -77,7 +77,7 @@ REFUSED = {
     "empty run dir": (["hydra.run.dir="], "hydra.run.dir='' is not allowed: a directory"),
     "empty run dir, quoted": (["hydra.run.dir=''"], "hydra.run.dir='' is not allowed: a directory"),
     "empty sweep dir": (["-m", "seed=0,1", "hydra.sweep.dir="], "hydra.sweep.dir='' is not allowed: a directory"),
-    "an unknown preset": (["experiment=nope"], "experiment=nope is not an option; choose one of: cifar10_4k_mpl, "),
+    "an unknown preset": (["experiment=nope"], "experiment=nope is not an option; choose one of: cifar100_10k_mpl, cifar10_4k_mpl, "),
     "a sweep without -m": (["method=supervised,mpl"],
                            "Ambiguous value for argument 'method=supervised,mpl'; 1. To use it as a list"),
 }

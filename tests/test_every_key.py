@@ -70,7 +70,7 @@ HUGE_OK = {
     "TrainerConfig.progress_interval": "longer than the run: at evaluations only",
     "TwoMoonsConfig.unlabeled_batch_size": "above the set's size: the whole set each step",
     "DigitsConfig.unlabeled_batch_size": "above the set's size: the whole set each step",
-    "ImageSetConfig.eval_batch_size": "above the test set's size: one batch",
+    "Cifar10Config.eval_batch_size": "above the test set's size: one batch",
     "OptimConfig.warmup_steps": "a warmup longer than the run",
     "FinetuneConfig.warmup_steps": "a warmup longer than the run",
     "MPLConfig.student_warmup_steps": "a warmup longer than the run",

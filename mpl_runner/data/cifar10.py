@@ -12,13 +12,10 @@ import pickle
 from pathlib import Path
 
 import numpy as np
-import torch
 from torchvision.datasets.utils import download_and_extract_archive
 
 from mpl_runner.data import image_sets
-from mpl_runner.data.batch import SSLData
 from mpl_runner.errors import DataError, one_line
-from mpl_runner.registry import register
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 ARCHIVE_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -51,21 +48,26 @@ class _ArrayUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def read_batch(path: Path, label_key: bytes = b"labels", num_classes: int = NUM_CLASSES, what: str = "CIFAR-10"
-               ) -> tuple[np.ndarray, np.ndarray]:
-    """One batch file as (uint8 images N x 3072, as stored; int64 labels N); CIFAR-100's files hold their labels
-    under ``b"fine_labels"``."""
+def load_pickle(path: Path, what: str):
+    """A pickle of numpy arrays and plain containers (a CIFAR file); anything else, or bad bytes, is a DataError."""
     if not path.is_file():
         raise DataError(f"{path} is missing")
     try:
         with path.open("rb") as f:
-            entry = _ArrayUnpickler(f, encoding="bytes").load()
+            return _ArrayUnpickler(f, encoding="bytes").load()
     except PermissionError:
         raise  # (build() names dataset.root)
     except OSError as err:
         raise DataError(f"{path} could not be read: {one_line(err)}") from err
     except Exception as err:  # bad bytes make pickle raise almost anything
         raise DataError(f"{path} is truncated or not a {what} pickle: {one_line(err)}") from err
+
+
+def read_batch(path: Path, label_key: bytes = b"labels", num_classes: int = NUM_CLASSES, what: str = "CIFAR-10"
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """One batch file as (uint8 images N x 3072, as stored; int64 labels N); CIFAR-100's files hold their labels
+    under ``b"fine_labels"``."""
+    entry = load_pickle(path, what)
     if not isinstance(entry, dict) or b"data" not in entry or label_key not in entry:
         raise DataError(f"{path} is not a {what} pickle: expected a dict with b'data' and {label_key!r}")
     data = entry[b"data"]
@@ -121,16 +123,9 @@ def ensure_cifar10(root: Path, download: bool) -> None:
         raise DataError(f"could not download CIFAR-10 from {URL} into {root}: {one_line(err)}") from err
 
 
-def build(cfg, device: torch.device) -> SSLData:
-    root = Path(cfg.root).expanduser()
-    try:
-        ensure_cifar10(root, cfg.download)
-        train_x, train_y, test_x, test_y = read_cifar10(root)
-    except PermissionError as err:  # (a folder or file under dataset.root that this user may not read)
-        raise DataError(f"dataset.root={cfg.root}: {err.filename or root}: permission denied") from err
-    return image_sets.build(cfg, device, image_sets.Images(train_x, train_y, test_x, test_y, CLASS_NAMES, MEAN, STD))
+def read(root: Path, download: bool) -> image_sets.Images:
+    ensure_cifar10(root, download)
+    return image_sets.Images(*read_cifar10(root), CLASS_NAMES, MEAN, STD)
 
 
-register("dataset", "cifar10", image_sets.ImageSetConfig, build,
-         check=lambda cfg: image_sets.check(cfg, NUM_CLASSES, 50_000, f"{FOLDER}/"),
-         input_shape=lambda cfg: (3, 32, 32), batch_sizes=image_sets.batch_sizes)
+build = image_sets.register_image_set("cifar10", read, NUM_CLASSES, 50_000, f"{FOLDER}/")

@@ -17,14 +17,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 from torchvision.datasets.utils import download_and_extract_archive
 
 from mpl_runner.data import image_sets
-from mpl_runner.data.batch import SSLData
-from mpl_runner.data.cifar10 import _ArrayUnpickler, images_hwc, read_batch
+from mpl_runner.data.cifar10 import images_hwc, load_pickle, read_batch
 from mpl_runner.errors import DataError, one_line
-from mpl_runner.registry import register
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
 ARCHIVE_MD5 = "eb9058c3a382ffc7106e4002c42a8d85"
@@ -46,15 +43,7 @@ def read_class_names(path: Path) -> list[str]:
     """The 100 fine class names of ``meta``, in label order."""
     if not path.is_file():
         raise DataError(f"{path} is missing: {_hint(path.parent.parent)}")
-    try:
-        with path.open("rb") as f:
-            entry = _ArrayUnpickler(f, encoding="bytes").load()
-    except PermissionError:
-        raise  # (build() names dataset.root)
-    except OSError as err:
-        raise DataError(f"{path} could not be read: {one_line(err)}") from err
-    except Exception as err:  # bad bytes make pickle raise almost anything
-        raise DataError(f"{path} is truncated or not a {WHAT} meta pickle: {one_line(err)}") from err
+    entry = load_pickle(path, f"{WHAT} meta")
     names = entry.get(b"fine_label_names") if isinstance(entry, dict) else None
     if not isinstance(names, list) or len(names) != NUM_CLASSES or \
             not all(isinstance(name, (bytes, str)) for name in names):
@@ -92,16 +81,10 @@ def ensure_cifar100(root: Path, download: bool) -> None:
         raise DataError(f"could not download {WHAT} from {URL} into {root}: {one_line(err)}") from err
 
 
-def build(cfg, device: torch.device) -> SSLData:
-    root = Path(cfg.root).expanduser()
-    try:
-        ensure_cifar100(root, cfg.download)
-        train_x, train_y, test_x, test_y, class_names = read_cifar100(root)
-    except PermissionError as err:  # (a folder or file under dataset.root that this user may not read)
-        raise DataError(f"dataset.root={cfg.root}: {err.filename or root}: permission denied") from err
-    return image_sets.build(cfg, device, image_sets.Images(train_x, train_y, test_x, test_y, class_names, MEAN, STD))
+def read(root: Path, download: bool) -> image_sets.Images:
+    ensure_cifar100(root, download)
+    train_x, train_y, test_x, test_y, class_names = read_cifar100(root)
+    return image_sets.Images(train_x, train_y, test_x, test_y, class_names, MEAN, STD)
 
 
-register("dataset", "cifar100", image_sets.ImageSetConfig, build,
-         check=lambda cfg: image_sets.check(cfg, NUM_CLASSES, NUM_TRAIN, f"{FOLDER}/"),
-         input_shape=lambda cfg: (3, 32, 32), batch_sizes=image_sets.batch_sizes)
+build = image_sets.register_image_set("cifar100", read, NUM_CLASSES, NUM_TRAIN, f"{FOLDER}/")

@@ -11,8 +11,10 @@ image (labeled ones included, as in the paper); ``unlabeled: rest`` leaves the l
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,9 +25,10 @@ from mpl_runner.data import image_device, image_workers
 from mpl_runner.data.batch import SSLData
 from mpl_runner.data.randaugment import MAX_MAGNITUDE
 from mpl_runner.data.splits import labeled_and_validation, mix
-from mpl_runner.errors import ConfigError
+from mpl_runner.errors import ConfigError, DataError
 from mpl_runner.figures import image_grid
 from mpl_runner.models import eval_mode
+from mpl_runner.registry import register
 
 PIPELINES = ("auto", "device", "workers")
 CPU_PIPELINE = "device"  # what auto picks on the CPU: see README, "Input pipeline"
@@ -149,6 +152,27 @@ def pipeline(cfg, device: torch.device) -> str:
     if cfg.randaugment != "official":
         return "workers"
     return "device" if device.type == "cuda" else CPU_PIPELINE
+
+
+def register_image_set(name: str, read: Callable[[Path, bool], Images], num_classes: int, num_train: int,
+                       holds: str, side: int = 32) -> Callable[[object, torch.device], SSLData]:
+    """Register an image data set: ``read(root, download)`` returns its :class:`Images` (fetching the files first
+    where they are absent and ``download`` allows it); ``num_train``: its training images; ``holds``: what
+    ``dataset.root`` holds, for the messages. Its schema is :class:`ImageSetConfig` under a name of its own, so
+    ``dataset.name`` cannot pick another data set's option. Returns its ``build(cfg, device)``."""
+    schema = dataclass(type(f"{name.title().replace('_', '')}Config", (ImageSetConfig,), {"__module__": __name__}))
+
+    def build_it(cfg, device: torch.device) -> SSLData:
+        root = Path(cfg.root).expanduser()
+        try:
+            images = read(root, cfg.download)
+        except PermissionError as err:  # (a folder or file under dataset.root that this user may not read)
+            raise DataError(f"dataset.root={cfg.root}: {err.filename or root}: permission denied") from err
+        return build(cfg, device, images)
+
+    register("dataset", name, schema, build_it, check=lambda cfg: check(cfg, num_classes, num_train, holds),
+             input_shape=lambda cfg: (3, side, side), batch_sizes=batch_sizes)
+    return build_it
 
 
 def to_chw(images: np.ndarray) -> torch.Tensor:

@@ -19,13 +19,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 from torchvision.datasets.utils import download_url
 
 from mpl_runner.data import image_sets
-from mpl_runner.data.batch import SSLData
 from mpl_runner.errors import DataError, one_line
-from mpl_runner.registry import register
 
 URL = "http://ufldl.stanford.edu/housenumbers/"
 FILES = {  # file name: md5 of the official file
@@ -101,16 +98,9 @@ def ensure_svhn(root: Path, download: bool) -> None:
             raise DataError(f"could not download SVHN from {URL + name} into {root}: {one_line(err)}") from err
 
 
-def build(cfg, device: torch.device) -> SSLData:
-    root = Path(cfg.root).expanduser()
-    try:
-        ensure_svhn(root, cfg.download)
-        train_x, train_y, test_x, test_y = read_svhn(root)
-    except PermissionError as err:  # (a folder or file under dataset.root that this user may not read)
-        raise DataError(f"dataset.root={cfg.root}: {err.filename or root}: permission denied") from err
-    return image_sets.build(cfg, device, image_sets.Images(train_x, train_y, test_x, test_y, CLASS_NAMES, MEAN, STD))
+def read(root: Path, download: bool) -> image_sets.Images:
+    ensure_svhn(root, download)
+    return image_sets.Images(*read_svhn(root), CLASS_NAMES, MEAN, STD)
 
 
-register("dataset", "svhn", image_sets.ImageSetConfig, build,
-         check=lambda cfg: image_sets.check(cfg, NUM_CLASSES, NUM_TRAIN, HOLDS),
-         input_shape=lambda cfg: (3, 32, 32), batch_sizes=image_sets.batch_sizes)
+build = image_sets.register_image_set("svhn", read, NUM_CLASSES, NUM_TRAIN, HOLDS)
