@@ -89,18 +89,25 @@ def op_batch() -> torch.Tensor:
     return x
 
 
+def per_image_cutouts(x, cut) -> tuple[list[list[int]], list[torch.Tensor]]:
+    """``cut`` (a per-image cutout, drawing its centre from the global RNG) of each image, seeded by its index; and
+    the centre (row, column) each drew."""
+    centres, expected = [], []
+    for i, image in enumerate(x):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(i)
+            centres.append([int(torch.randint(32, ())), int(torch.randint(32, ()))])
+            torch.manual_seed(i)
+            expected.append(cut(image))
+    return centres, expected
+
+
 @pytest.mark.parametrize("op, sign", [(op, s) for op in OPS for s in ((1, -1) if op in SIGNED else (1,))])
 def test_batched_op_equals_apply_op_per_image(op, sign):
     x = op_batch()
     for magnitude in (0, 5, 10, 16, 20):
         if op == "Cutout":  # per-image centres: draw each as randaugment.cutout does, from the seeded global RNG
-            expected, centres = [], []
-            for i, image in enumerate(x):
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(i)
-                    centres.append([int(torch.randint(32, ())), int(torch.randint(32, ()))])
-                    torch.manual_seed(i)
-                    expected.append(randaugment.apply_op(image, op, magnitude, sign))
+            centres, expected = per_image_cutouts(x, lambda image: randaugment.apply_op(image, op, magnitude, sign))
             out = ba.apply_op_batch(x, op, magnitude, sign, centres=torch.tensor(centres))
         else:
             expected = [randaugment.apply_op(image, op, magnitude, sign) for image in x]
@@ -220,13 +227,7 @@ def test_cutout_is_one_grey_square_per_image_clipped_at_the_borders():
 
 def test_cutout_matches_official_cutout_at_the_same_centres():
     x = images(40, seed=8)
-    expected, centres = [], []
-    for i, image in enumerate(x):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(i)
-            centres.append([int(torch.randint(32, ())), int(torch.randint(32, ()))])
-            torch.manual_seed(i)
-            expected.append(randaugment.OfficialCutout(16)(image))
+    centres, expected = per_image_cutouts(x, randaugment.OfficialCutout(16))
     cy, cx = torch.tensor(centres).T
     assert torch.equal(ba.cutout_at(x, cy, cx, 16), torch.stack(expected))
 

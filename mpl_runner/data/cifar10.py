@@ -117,10 +117,8 @@ def ensure_cifar10(root: Path, download: bool) -> None:
         return
     if not download:
         raise DataError(_missing_folder(folder) if not folder.is_dir() else f"{folder / missing[0]} is missing")
-    try:
-        download_and_extract_archive(url=URL, download_root=str(root), md5=ARCHIVE_MD5)
-    except (OSError, RuntimeError) as err:  # no network, disk full, md5 mismatch
-        raise DataError(f"could not download CIFAR-10 from {URL} into {root}: {one_line(err)}") from err
+    image_sets.download("CIFAR-10", URL, root, download_and_extract_archive, url=URL, download_root=str(root),
+                        md5=ARCHIVE_MD5)
 
 
 def read(root: Path, download: bool) -> image_sets.Images:

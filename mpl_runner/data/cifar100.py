@@ -21,7 +21,7 @@ from torchvision.datasets.utils import download_and_extract_archive
 
 from mpl_runner.data import image_sets
 from mpl_runner.data.cifar10 import images_hwc, load_pickle, read_batch
-from mpl_runner.errors import DataError, one_line
+from mpl_runner.errors import DataError
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
 ARCHIVE_MD5 = "eb9058c3a382ffc7106e4002c42a8d85"
@@ -75,10 +75,8 @@ def ensure_cifar100(root: Path, download: bool) -> None:
         return
     if not download:
         read_cifar100(root)  # raises the one line that says what is missing
-    try:
-        download_and_extract_archive(url=URL, download_root=str(root), md5=ARCHIVE_MD5)
-    except (OSError, RuntimeError) as err:  # no network, disk full, md5 mismatch
-        raise DataError(f"could not download {WHAT} from {URL} into {root}: {one_line(err)}") from err
+    image_sets.download(WHAT, URL, root, download_and_extract_archive, url=URL, download_root=str(root),
+                        md5=ARCHIVE_MD5)
 
 
 def read(root: Path, download: bool) -> image_sets.Images:

@@ -25,7 +25,7 @@ from mpl_runner.data import image_device, image_workers
 from mpl_runner.data.batch import SSLData
 from mpl_runner.data.randaugment import MAX_MAGNITUDE
 from mpl_runner.data.splits import labeled_and_validation, mix
-from mpl_runner.errors import ConfigError, DataError
+from mpl_runner.errors import ConfigError, DataError, one_line
 from mpl_runner.figures import image_grid
 from mpl_runner.models import eval_mode
 from mpl_runner.registry import register
@@ -173,6 +173,15 @@ def register_image_set(name: str, read: Callable[[Path, bool], Images], num_clas
     register("dataset", name, schema, build_it, check=lambda cfg: check(cfg, num_classes, num_train, holds),
              input_shape=lambda cfg: (3, side, side), batch_sizes=batch_sizes)
     return build_it
+
+
+def download(what: str, source: str, into: Path, fetch: Callable[..., object], **kwargs) -> None:
+    """``fetch(**kwargs)``: torchvision's download utility (md5 checked) fetching ``source`` into ``into``; no
+    network, a full disk or an md5 mismatch is one line."""
+    try:
+        fetch(**kwargs)
+    except (OSError, RuntimeError) as err:
+        raise DataError(f"could not download {what} from {source} into {into}: {one_line(err)}") from err
 
 
 def to_chw(images: np.ndarray) -> torch.Tensor:

@@ -92,10 +92,8 @@ def ensure_svhn(root: Path, download: bool) -> None:
     if not download:
         read_svhn(root)  # raises the one line that says what is missing
     for name in missing:
-        try:
-            download_url(url=URL + name, root=str(root), filename=name, md5=FILES[name])
-        except (OSError, RuntimeError) as err:  # no network, disk full, md5 mismatch
-            raise DataError(f"could not download SVHN from {URL + name} into {root}: {one_line(err)}") from err
+        image_sets.download("SVHN", URL + name, root, download_url, url=URL + name, root=str(root), filename=name,
+                            md5=FILES[name])
 
 
 def read(root: Path, download: bool) -> image_sets.Images:
