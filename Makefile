@@ -27,6 +27,7 @@ bench: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -e ".[test]"
+	$(BIN)/python -m pip uninstall -y -q hydra-optuna-sweeper 2>/dev/null || true  # (superseded by mpl_runner/search.py)
 	touch $@
 
 clean:
