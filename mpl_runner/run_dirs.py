@@ -81,6 +81,7 @@ class Found:
 
     existed: bool
     names: frozenset[str] = frozenset()  # its entries and those of its .hydra/, e.g. "run.log", ".hydra/config.yaml"
+    top: str | None = None  # where it did not exist: the highest folder of its path that did not either
 
     def made(self, relative: str) -> bool:
         """Whether ``relative`` (an entry of the run dir or of its .hydra/) is new since then."""
@@ -94,7 +95,10 @@ def _note(directory: str, jobs: bool = False) -> None:
     """Note what ``directory`` holds; with ``jobs`` (a sweep dir), also what each of its folders (jobs) holds."""
     path = Path(os.path.abspath(directory))
     if not path.is_dir():
-        _FOUND[str(path)] = Found(False)
+        top = path
+        while not top.parent.exists() and top.parent != top:
+            top = top.parent
+        _FOUND[str(path)] = Found(False, top=str(top))
         return
     names = {p.name for p in path.iterdir()}
     if (path / ".hydra").is_dir():
@@ -246,6 +250,14 @@ def discard_if_unused(run_dir: Path) -> None:
                 (run_dir / name).unlink(missing_ok=True)
         if not found.existed and run_dir.is_dir() and not any(run_dir.iterdir()):
             run_dir.rmdir()
+            # and the folders Hydra made above it (outputs/runs/), where nothing else is in them now
+            folder = Path(os.path.abspath(run_dir))
+            while found.top is not None and folder != Path(found.top) and Path(found.top) in folder.parents:
+                folder = folder.parent
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
+                else:
+                    break
 
 
 def _stat(path: Path) -> tuple[int, int] | None:

@@ -209,3 +209,14 @@ def test_a_resume_target_that_is_no_run_dir_is_refused_before_hydra_makes_anythi
     status, stderr = run_cli(args, cwd, monkeypatch, capsys)
     assert status == 2 and stderr.startswith("mpl-run: error: trainer.resume=") and message in stderr, stderr
     assert tree(tmp_path) == before
+
+
+def test_a_refused_command_leaves_no_folder_above_its_default_run_dir(tmp_path, monkeypatch, capsys):
+    """The default run dir is outputs/runs/<date>_<time>: Hydra makes outputs/ and runs/ too, and a refused command
+    removes them again where it made them and they are empty; a user's outputs/ and what it holds stay."""
+    status, _, err = cli_in_process(["model=wrn28_2"], tmp_path, monkeypatch, capsys)
+    assert status == 2 and "model='wide_resnet' is not allowed" in err
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "outputs" / "runs" / "mine").mkdir(parents=True)
+    status, _, _ = cli_in_process(["model=wrn28_2"], tmp_path, monkeypatch, capsys)
+    assert status == 2 and [p.name for p in (tmp_path / "outputs" / "runs").iterdir()] == ["mine"]
