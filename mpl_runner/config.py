@@ -12,8 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from hydra import compose, initialize_config_module
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig
 
 from mpl_runner import resolvers, search
 from mpl_runner.registry import entries
@@ -72,3 +73,10 @@ def register_configs() -> None:
     for group in ("dataset", "model", "method"):
         for name, item in entries(group).items():
             cs.store(group=group, name=f"schema_{name}", node=item.schema)
+
+
+def compose_config(*overrides: str) -> DictConfig:
+    """The config ``mpl-run`` composes from conf/ with ``overrides``, outside a running ``mpl-run`` (scripts, tests)."""
+    register_configs()
+    with initialize_config_module("mpl_runner.conf", version_base="1.3"):
+        return compose("config", overrides=list(overrides))

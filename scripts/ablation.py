@@ -95,16 +95,12 @@ def run_one(job: tuple[str, str, list[str], int]) -> dict:
     if done.exists() and json.loads(done.read_text()).get("status") == "completed":
         record = json.loads(done.read_text())
     else:
-        from hydra import compose, initialize_config_module
-
-        from mpl_runner.config import register_configs
+        from mpl_runner.config import compose_config
         from mpl_runner.run import run
 
         logging.getLogger("mpl_runner").setLevel(logging.WARNING)
-        register_configs()
-        with initialize_config_module("mpl_runner.conf", version_base="1.3"):
-            cfg = compose("config", overrides=[*overrides, f"seed={seed}", "device=cpu", "trainer.num_threads=1",
-                                               "trainer.progress=false", "trainer.checkpoint_interval=null"])
+        cfg = compose_config(*overrides, f"seed={seed}", "device=cpu", "trainer.num_threads=1",
+                             "trainer.progress=false", "trainer.checkpoint_interval=null")
         record = run(cfg, run_dir)
     return {"benchmark": bench, "setting": setting, "seed": seed, "val": record.get("val/acc"),
             "test": record["test/acc"], "teacher_test": record.get("test/teacher/acc"),

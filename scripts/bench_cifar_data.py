@@ -25,17 +25,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from hydra import compose, initialize_config_module
 
-from mpl_runner.config import register_configs
+from mpl_runner.config import compose_config
 from mpl_runner.data import cifar10, image_sets
 from mpl_runner.files import atomic_write_json
-
-
-def compose_cfg(*overrides: str):
-    register_configs()
-    with initialize_config_module("mpl_runner.conf", version_base="1.3"):
-        return compose("config", overrides=list(overrides))
 
 
 def random_cifar(seed: int = 0) -> image_sets.Images:
@@ -48,7 +41,7 @@ def random_cifar(seed: int = 0) -> image_sets.Images:
 
 
 def views_per_s(images, pipeline: str, workers: int, device: torch.device, batch: int, mu: int, steps: int) -> float:
-    cfg = compose_cfg("dataset=cifar10_4k", f"dataset.pipeline={pipeline}", f"dataset.num_workers={workers}",
+    cfg = compose_config("dataset=cifar10_4k", f"dataset.pipeline={pipeline}", f"dataset.num_workers={workers}",
                       f"dataset.labeled_batch_size={batch}", f"dataset.unlabeled_ratio={mu}").dataset
     torch.manual_seed(0)
     data = image_sets.build(cfg, device, images)
@@ -69,7 +62,7 @@ def views_per_s(images, pipeline: str, workers: int, device: torch.device, batch
 def e2e_seconds_per_step(root: Path, pipeline: str, device: str, steps: int) -> float:
     from mpl_runner.run import run
 
-    cfg = compose_cfg("experiment=cifar10_4k_mpl", f"dataset.root={root}", f"dataset.pipeline={pipeline}",
+    cfg = compose_config("experiment=cifar10_4k_mpl", f"dataset.root={root}", f"dataset.pipeline={pipeline}",
                       "dataset.labeled_batch_size=8", "dataset.unlabeled_ratio=7", f"trainer.steps={steps}",
                       f"trainer.eval_interval={10 * steps}", f"trainer.log_interval={steps}", "trainer.progress=false",
                       "trainer.checkpoint_interval=null", "method.student_wait_steps=0", "method.finetune.steps=0",

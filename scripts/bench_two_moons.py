@@ -25,9 +25,8 @@ import time
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_module
 
-from mpl_runner.config import register_configs
+from mpl_runner.config import compose_config
 from mpl_runner.run import run
 
 IN_PROCESS = {
@@ -39,9 +38,9 @@ IN_PROCESS = {
 
 def train_seconds(overrides: list[str], repeats: int) -> tuple[float, float]:
     times, accs = [], []
-    with initialize_config_module("mpl_runner.conf", version_base="1.3"), tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
         for i in range(repeats):
-            cfg = compose("config", overrides=[*overrides, "device=cpu", "trainer.progress=false"])
+            cfg = compose_config(*overrides, "device=cpu", "trainer.progress=false")
             record = run(cfg, Path(tmp) / str(i))
             times.append(record["train_seconds"])
             accs.append(record["all/acc"])
@@ -66,7 +65,6 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("docs/bench_two_moons.json"))
     args = parser.parse_args()
-    register_configs()
     default_threads = torch.get_num_threads()
 
     rows = {}

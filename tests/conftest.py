@@ -6,19 +6,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_module
 
-from mpl_runner.config import register_configs
+from mpl_runner.config import compose_config
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["trainer.steps=30", "trainer.eval_interval=10", "trainer.log_interval=10"]
 
 
-def compose_cfg(*overrides: str):
-    """The real config (as ``mpl-run`` composes it from conf/) with the given overrides."""
-    register_configs()
-    with initialize_config_module("mpl_runner.conf", version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+compose_cfg = compose_config  # the real config (as ``mpl-run`` composes it from conf/) with the given overrides
 
 
 def group_overrides(group: str, **values) -> list[str]:

@@ -35,7 +35,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
 from hydra._internal.config_loader_impl import ConfigLoaderImpl
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
@@ -43,7 +42,7 @@ from omegaconf import OmegaConf
 from conftest import TINY, finished_in_process
 from mpl_runner import checkpoint, files
 from mpl_runner.cli_errors import one_line_error
-from mpl_runner.config import register_configs
+from mpl_runner.config import compose_config
 from mpl_runner.registry import entries
 from mpl_runner.data import build_dataset
 from mpl_runner.errors import UserError
@@ -97,8 +96,7 @@ VALUES = {
 
 
 def compose_base(overrides: list[str]):
-    with initialize_config_module("mpl_runner.conf", version_base="1.3"):
-        return compose("config", overrides=overrides)
+    return compose_config(*overrides)
 
 
 def _leaves(node: dict, prefix: str = ""):
@@ -144,7 +142,6 @@ def other_name(cfg, key: str) -> list[tuple[str, str]]:
 
 
 def build_table() -> tuple[dict, dict]:
-    register_configs()
     cfgs = {name: compose_base([o.replace(ROOT, "data") for o in overrides]) for name, overrides in BASES.items()}
     table, seen = {}, set()
     for base, cfg in cfgs.items():
@@ -402,7 +399,6 @@ def test_every_path(case, tmp_path, monkeypatch, capsys):
 
 def test_an_unwritable_data_folder_is_read(fake_root):
     """dataset.root is only read (without dataset.download): a folder this user cannot write in is fine."""
-    register_configs()
     cfg = compose_base([*base_args("cifar10", fake_root)])
     with with_mode(fake_root / "cifar-10-batches-py", "555"):
         data = build_dataset(cfg.dataset, torch.device("cpu"))

@@ -202,8 +202,9 @@ def build(cfg, device: torch.device, images: Images) -> SSLData:
         splits["val"] = (x[val], y[val])
     splits["test"] = (to_chw(images.test_x), torch.from_numpy(images.test_y))
     stream_seed = int(torch.randint(2**62, ()))  # from the run's seed
-    build_pipeline = image_device.Pipeline if pipeline(cfg, device) == "device" else image_workers.Pipeline
-    source = build_pipeline(cfg, device, splits, images.mean, images.std)
+    chosen = pipeline(cfg, device)
+    source = (image_device.Pipeline if chosen == "device" else image_workers.Pipeline)(cfg, device, splits,
+                                                                                      images.mean, images.std)
     return SSLData(
         num_classes=num_classes,
         input_shape=tuple(x.shape[1:]),
@@ -219,7 +220,7 @@ def build(cfg, device: torch.device, images: Images) -> SSLData:
             "unlabeled_images": len(unlabeled),
             "val_images": len(val),
             "test_images": len(images.test_y),
-            "pipeline": pipeline(cfg, device),
+            "pipeline": chosen,
         },
     )
 
