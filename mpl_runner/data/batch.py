@@ -57,3 +57,5 @@ class SSLData:
     class_names: list[str] | None = None
     info: dict[str, Any] = field(default_factory=dict)
     val_indices: list[int] = field(default_factory=list)  # held out for validation: never labeled nor unlabeled
+    # what an image file goes through to become an input (image data sets): {"image_size", "resize", "mean", "std"}
+    preprocess: dict[str, Any] | None = None
