@@ -81,12 +81,20 @@ def confusion_matrix(model: torch.nn.Module, batches, device: torch.device, num_
     return counts.reshape(num_classes, num_classes).cpu()
 
 
+def report_split(data: SSLData) -> str:
+    """The split a run reports: test, or validation where the data set has no test split (an image folder
+    without test/)."""
+    return "test" if "test" in data.eval_splits else "val"
+
+
 def evaluate(
-    method: Method, data: SSLData, device: torch.device, splits=("test",), confusions: dict | None = None
+    method: Method, data: SSLData, device: torch.device, splits=None, confusions: dict | None = None
 ) -> dict[str, float]:
     """``{"<split>/<model>/acc": ...}`` for every model the method exposes, and ``<split>/acc`` for the one
-    it hands out. ``confusions``, when given, receives each ``"<split>/<model>"`` confusion matrix."""
+    it hands out (``splits`` None: the reported one). ``confusions``, when given, receives each
+    ``"<split>/<model>"`` confusion matrix."""
     out = {}
+    splits = splits or (report_split(data),)
     for split in splits:
         for name, model in method.eval_models().items():
             matrix = confusion_matrix(model, data.eval_splits[split], device, data.num_classes)
@@ -100,7 +108,8 @@ def evaluate(
 def _progress_line(step: int, total: int, stats: dict[str, float], accs: dict[str, float], rate: float) -> str:
     losses = "  ".join(f"{k} {v:.3f}" for k, v in stats.items() if k.endswith("/loss"))
     acc = "  ".join(f"{k.split('/')[1]} {100 * v:.1f}%" for k, v in accs.items() if k.count("/") == 2)
-    return f"step {step}/{total}  {losses}" + (f"  | test acc: {acc}" if acc else "") + f"  | {rate:.3g} steps/s"
+    split = next(iter(accs), "test/").split("/")[0]
+    return f"step {step}/{total}  {losses}" + (f"  | {split} acc: {acc}" if acc else "") + f"  | {rate:.3g} steps/s"
 
 
 @dataclass
@@ -164,13 +173,14 @@ def train(
     confusions: dict[str, torch.Tensor] = {}
     with autocast(device, amp):
         metrics = evaluate(method, data, device, splits=tuple(data.eval_splits), confusions=confusions)
-    log_.evaluation(steps, stats, {k: v for k, v in metrics.items() if k.startswith("test/")})
-    handed_out = confusions[f"test/{method.handed_out}"]
+    split = report_split(data)
+    log_.evaluation(steps, stats, {k: v for k, v in metrics.items() if k.startswith(f"{split}/")})
+    handed_out = confusions[f"{split}/{method.handed_out}"]
     per_class = handed_out.diag() / handed_out.sum(dim=1).clamp(min=1)
-    metrics.update({f"test/class_acc/{c}": float(a) for c, a in enumerate(per_class)})
+    metrics.update({f"{split}/class_acc/{c}": float(a) for c, a in enumerate(per_class)})
     if method.skip_nonfinite:
         metrics.update({f"skipped/{name}": n for name, n in method.skipped.items()})
-    metrics.update({"steps": steps, "train_seconds": train_seconds, "test/confusion": handed_out.tolist()})
+    metrics.update({"steps": steps, "train_seconds": train_seconds, f"{split}/confusion": handed_out.tolist()})
     return metrics
 
 

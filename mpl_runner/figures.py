@@ -56,8 +56,8 @@ def decision_boundaries(x, y, labeled, models: dict[str, torch.nn.Module]):
     return fig
 
 
-def confusion_figure(matrix, class_names=None):
-    """Row-normalised confusion matrix (true class by row) with the per-class accuracy on the diagonal."""
+def confusion_figure(matrix, class_names=None, split: str = "test"):
+    """Row-normalised confusion matrix of ``split`` (true class by row), per-class accuracy on the diagonal."""
     import numpy as np
 
     counts = np.asarray(matrix, dtype=float)
@@ -73,7 +73,7 @@ def confusion_figure(matrix, class_names=None):
             ax.text(j, i, f"{100 * rates[i, j]:.0f}", ha="center", va="center", fontsize=7,
                     color="white" if rates[i, j] > 0.5 else "black")
     ax.set(xticks=range(len(names)), yticks=range(len(names)), xlabel="predicted", ylabel="true",
-           title=f"test accuracy {100 * np.trace(counts) / counts.sum():.2f}% (row %)")
+           title=f"{split} accuracy {100 * np.trace(counts) / counts.sum():.2f}% (row %)")
     ax.set_xticklabels(names, rotation=45, ha="right")
     ax.set_yticklabels(names)
     return fig

@@ -48,11 +48,16 @@ def _std(values: list[float]) -> float | None:
 @dataclass
 class Row:
     setting: str
-    accs: list[float] = field(default_factory=list)  # test/acc of each completed job
+    accs: list[float] = field(default_factory=list)  # test/acc of each completed job that has a test split
     vals: list[float] = field(default_factory=list)  # val/acc of those that have a validation split
     failed: list[str] = field(default_factory=list)  # "<job>: <error>"
     unfinished: list[str] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)  # "<job>: metrics.json: <why>"
+
+    @property
+    def seeds(self) -> int:
+        """Completed jobs."""
+        return max(len(self.accs), len(self.vals))
 
     @property
     def mean(self) -> float | None:
@@ -111,8 +116,10 @@ def _metrics(job: Path) -> dict[str, Any] | None:
         raise Unreadable(f"metrics.json: {one_line(err)[:200]}") from None
     if not isinstance(metrics, dict) or metrics.get("status") not in ("completed", "interrupted", "failed"):
         raise Unreadable("metrics.json: not a run record (its status is none of completed, interrupted, failed)")
+    # (a data set without a test split, an image folder without test/, reports val/acc alone)
     if metrics["status"] == "completed" and not (
-        _number(metrics.get(METRIC)) and (metrics.get(VAL_METRIC) is None or _number(metrics[VAL_METRIC]))
+        (_number(metrics.get(METRIC)) or (metrics.get(METRIC) is None and _number(metrics.get(VAL_METRIC))))
+        and (metrics.get(VAL_METRIC) is None or _number(metrics[VAL_METRIC]))
     ):
         raise Unreadable(f"metrics.json: completed, but {METRIC} or {VAL_METRIC} is not a finite number")
     return metrics
@@ -157,7 +164,8 @@ def collect(sweep_dir: Path) -> Sweep:
         if metrics is None or metrics["status"] == "interrupted":  # (stopped by a signal: a checkpoint to go on from)
             row.unfinished.append(job.name)
         elif metrics["status"] == "completed":
-            row.accs.append(float(metrics[METRIC]))
+            if metrics.get(METRIC) is not None:
+                row.accs.append(float(metrics[METRIC]))
             if metrics.get(VAL_METRIC) is not None:
                 row.vals.append(float(metrics[VAL_METRIC]))
         else:
@@ -180,7 +188,7 @@ def markdown(sweep: Sweep, sweep_dir: Path) -> str:
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in sweep.rows:
         lines.append(f"| {r.setting} | {_pct(r.val_mean)} | {_pct(r.val_std)} | {_pct(r.mean)} | {_pct(r.std)} | "
-                     f"{len(r.accs)} | {len(r.failed)} | {len(r.unfinished)} | {len(r.unreadable)} |")
+                     f"{r.seeds} | {len(r.failed)} | {len(r.unfinished)} | {len(r.unreadable)} |")
     errors = [e for r in sweep.rows for e in r.failed]
     if errors:
         lines += ["", "## Failed jobs", ""] + [f"- job {e}" for e in errors]
@@ -198,7 +206,7 @@ def csv_text(rows: list[Row]) -> str:
     writer.writerow(["setting", "val_mean", "val_std", "mean", "std", "seeds", "failed", "unfinished", "unreadable",
                      "values", "val_values"])
     for r in rows:
-        writer.writerow([r.setting, r.val_mean, r.val_std, r.mean, r.std, len(r.accs), len(r.failed),
+        writer.writerow([r.setting, r.val_mean, r.val_std, r.mean, r.std, r.seeds, len(r.failed),
                          len(r.unfinished), len(r.unreadable), " ".join(f"{a:.6f}" for a in r.accs),
                          " ".join(f"{a:.6f}" for a in r.vals)])
     return buf.getvalue()
@@ -207,14 +215,14 @@ def csv_text(rows: list[Row]) -> str:
 def plot(rows: list[Row]):
     import matplotlib.pyplot as plt  # after mpl_runner.figures (imported by write_report) chose the Agg backend
 
-    done = [r for r in rows if r.accs]
+    done = [r for r in rows if r.seeds]
     fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(done) + 2), 4.5), layout="constrained")
     positions = list(range(len(done)))
     if any(r.vals for r in done):
         ax.bar([p - 0.2 for p in positions], [100 * (r.val_mean or 0) for r in done], width=0.4, label=VAL_METRIC,
                yerr=[100 * (r.val_std or 0) for r in done], capsize=3, color="tab:gray")
-    ax.bar([p + 0.2 for p in positions], [100 * r.mean for r in done], width=0.4, label=METRIC,
-           yerr=[100 * r.std for r in done], capsize=3, color="tab:blue")
+    ax.bar([p + 0.2 for p in positions], [100 * (r.mean or 0) for r in done], width=0.4, label=METRIC,
+           yerr=[100 * (r.std or 0) for r in done], capsize=3, color="tab:blue")
     labels = [r.setting if len(r.setting) <= 40 else r.setting[:39] + "…" for r in done]
     ax.set_xticks(positions, labels, rotation=30, ha="right", fontsize=7)
     ax.set_ylabel("accuracy (%), mean ± std over seeds")
@@ -231,7 +239,7 @@ def write_report(sweep_dir: Path, sweep: Sweep | None = None) -> Sweep:
         return sweep
     atomic_write_bytes(sweep_dir / "report.md", markdown(sweep, sweep_dir).encode())
     atomic_write_bytes(sweep_dir / "report.csv", csv_text(sweep.rows).encode())
-    if any(r.accs for r in sweep.rows):
+    if any(r.seeds for r in sweep.rows):
         from mpl_runner.figures import save_png  # matplotlib only when there is something to plot
 
         save_png(plot(sweep.rows), sweep_dir / "report.png")
@@ -274,7 +282,7 @@ def main(argv: list[str] | None = None) -> None:
     write_report(args.sweep_dir, sweep)
     print(markdown(sweep, args.sweep_dir), end="")
     print(f"wrote {args.sweep_dir}/report.md, report.csv"
-          + (", report.png" if any(r.accs for r in sweep.rows) else ""))
+          + (", report.png" if any(r.seeds for r in sweep.rows) else ""))
 
 
 if __name__ == "__main__":

@@ -68,9 +68,9 @@ def _walk(folder: Path, ancestors: tuple[str, ...]) -> Iterator[Path]:
 
 def _to_rgb(image: Image.Image) -> Image.Image:
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):  # 16-bit greyscale (or 32-bit integer)
-        values = np.asarray(image, dtype=np.int64)
-        top = 65535 if values.max(initial=0) > 255 or image.mode.startswith("I;16") else 255
-        image = Image.fromarray((values.clip(0, top) * 255 // top).astype(np.uint8), mode="L")
+        values = np.asarray(image, dtype=np.int64).clip(0, 65535)
+        sixteen = image.mode.startswith("I;16") or values.max(initial=0) > 255
+        image = Image.fromarray((values >> 8 if sixteen else values).astype(np.uint8), mode="L")
     elif image.mode == "F":
         image = Image.fromarray(np.asarray(image).clip(0, 255).astype(np.uint8), mode="L")
     return image.convert("RGB")
