@@ -214,6 +214,8 @@ def build(cfg, device: torch.device, images: Images) -> SSLData:
         val_indices=val,
         figures=partial(_figures, source, images),
         class_names=images.class_names,
+        preprocess={"image_size": int(x.shape[-1]), "resize": "crop", "mean": [float(m) for m in images.mean],
+                    "std": [float(s) for s in images.std]},
         info={
             "train_images": len(images.train_y),
             "labeled_images": len(labeled),
