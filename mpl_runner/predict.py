@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -199,6 +200,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=64, help="images a forward pass (default 64)")
     parser.add_argument("--top-k", type=int, default=5, help="most probable classes a row lists (default 5)")
     args = parser.parse_args(argv)
+    if args.out is not None and args.out.is_dir():
+        fail(f"--out {args.out} is a folder; give a file name, e.g. {args.out / 'preds.csv'}")
     try:
         result = predict(args.run_dir, args.paths, args.device, args.batch, args.top_k)
         text = to_csv(result, args.top_k)
@@ -208,8 +211,12 @@ def main(argv: list[str] | None = None) -> None:
             atomic_write_bytes(args.out, text.encode())
         else:
             sys.stdout.write(text)
+            sys.stdout.flush()
     except UserError as err:
         fail(str(err))
+    except BrokenPipeError:  # (the CSV piped into a reader that stopped early, e.g. head)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
     for line in summary(result):
         print(line, file=sys.stderr)
 

@@ -263,6 +263,7 @@ def test_mpl_predict_refuses_each_mistake_in_one_line(cifar, tmp_path, capsys, m
         "--top-k 0: give at least 1": [run_dir, image, "--top-k", "0"],
         "the following arguments are required": [run_dir],
         "invalid choice: 'tpu'": [run_dir, image, "--device", "tpu"],
+        f"--out {tmp_path} is a folder": [run_dir, image, "--out", tmp_path],
     }
     for message, args in cases.items():
         assert message in refused(predict, args, capsys), message
