@@ -21,14 +21,13 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO, finished_in_process
+from conftest import REPO, cli_in_process as run_cli, finished_in_process
 from mpl_runner import engine, export, model_file, predict
 from mpl_runner import run as run_module
 from mpl_runner.data import cifar10
 from mpl_runner.data.image_sets import to_chw
 from mpl_runner.data.batched_augment import normalize
 from test_cifar10_data import write_fake_cifar10
-from test_config_warnings import run_cli
 from test_signals import fallback, send_during  # noqa: F401  (fallback: a fixture)
 
 CIFAR = [
@@ -117,12 +116,13 @@ def test_a_finished_run_leaves_a_model_that_loads_without_hydra_and_gives_the_ru
     assert correct / len(labels) == metrics["test/acc"]
 
 
-def test_the_weights_are_plain_contiguous_tensors_of_their_own(tmp_path):
-    from safetensors.torch import load_file
+def test_the_weights_are_plain_contiguous_tensors_of_their_own():
+    from safetensors.torch import load, save
 
     model = torch.nn.Conv2d(3, 4, 3).to(memory_format=torch.channels_last)
     tensors = model_file.weights(model)
     assert all(t.is_contiguous() and t.device.type == "cpu" and not t.requires_grad for t in tensors.values())
+    assert torch.equal(load(save(tensors))["weight"], model.weight.detach())  # (channels_last in, values kept)
     tensors["weight"].add_(1)  # its own memory: the model's weight is untouched
     assert not torch.equal(tensors["weight"], model.weight.detach())
 
@@ -254,9 +254,12 @@ def test_mpl_predict_refuses_each_mistake_in_one_line(cifar, tmp_path, capsys, m
     image = next(test.rglob("*.png"))
     empty = tmp_path / "empty"
     empty.mkdir()
+    running = tmp_path / "running"  # a run dir before its first record: still running, or killed
+    (running / ".hydra").mkdir(parents=True)
     cases = {
         "does not exist": [tmp_path / "nope", image],
         "is not a run dir": [data, image],
+        "has no model yet: it has not finished (no metrics.json": [running, image],
         f"{tmp_path / 'missing.png'} does not exist": [run_dir, tmp_path / "missing.png"],
         "holds no files": [run_dir, empty],
         "--batch 0: give at least 1": [run_dir, image, "--batch", "0"],
