@@ -43,7 +43,7 @@ def to_onnx(model: torch.nn.Module, meta: dict, batch: int = 2) -> bytes:
     example = torch.zeros(batch, *meta["input_shape"])
     with contextlib.redirect_stdout(io.StringIO()), torch.inference_mode(False):  # (the exporter's progress lines)
         program = torch.onnx.export(model, (example,), input_names=[name], output_names=["logits"],
-                                    dynamic_shapes=({0: torch.export.Dim.DYNAMIC},), dynamo=True)
+                                    dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True)
     proto = program.model_proto
     for key, value in (("class_names", meta["class_names"]), ("preprocess", meta.get("preprocess")),
                        ("mpl_runner_model", meta)):

@@ -301,7 +301,8 @@ def test_onnx_export_round_trip_matches_pytorch(cifar, tmp_path, capsys):
     meta = {p.key: json.loads(p.value) for p in proto.metadata_props}
     assert meta["class_names"] == list(cifar10.CLASS_NAMES) and meta["preprocess"]["mean"] == list(cifar10.MEAN)
     session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    assert [i.name for i in session.get_inputs()] == ["images"] and session.get_outputs()[0].name == "logits"
+    assert [(i.name, i.shape) for i in session.get_inputs()] == [("images", ["batch", 3, 32, 32])]
+    assert session.get_outputs()[0].name == "logits"
     model, _ = model_file.load_model(run_dir)
     images, _ = _test_images(root)
     for rows in (slice(0, 1), slice(0, 20)):  # any batch size
