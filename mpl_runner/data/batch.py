@@ -45,10 +45,7 @@ class SSLData:
     batches whatever the number of ranks; ``views="labeled"`` builds labeled batches alone (of
     ``labeled_batch_size``, or the data set's own size when None), ``"ssl"`` adds the unlabeled views; ``eval_splits`` maps a
     split name ("test", ...) to a re-iterable of ``(inputs, labels)`` batches; ``figures`` (optional) draws what
-    a person wants to see of a set of trained models, keyed by file stem; ``preprocess`` (image data sets) says how
-    an image file becomes a model input, as the run's evaluation does it: ``{"image_size", "resize", "mean",
-    "std"}`` (:func:`mpl_runner.data.image_files.read_image`, then 0..1, then ``(x - mean) / std``), written into
-    ``model.json`` for ``mpl-predict``; None for data that are not image files.
+    a person wants to see of a set of trained models, keyed by file stem.
     """
 
     num_classes: int
@@ -60,4 +57,5 @@ class SSLData:
     class_names: list[str] | None = None
     info: dict[str, Any] = field(default_factory=dict)
     val_indices: list[int] = field(default_factory=list)  # held out for validation: never labeled nor unlabeled
+    # what an image file goes through to become an input (image data sets): {"image_size", "resize", "mean", "std"}
     preprocess: dict[str, Any] | None = None

@@ -27,7 +27,7 @@ from typing import NamedTuple, Sequence
 import torch
 from torchvision.transforms.v2 import functional as F
 
-from mpl_runner.data.randaugment import FILL, OPS, SIGNED, apply_op, strength
+from mpl_runner.data.randaugment import CROP_PADDING, FILL, OPS, SIGNED, apply_op, even_pixels, scaled, strength
 
 _SIGNED_INDEX = [i for i, op in enumerate(OPS) if op in SIGNED]
 _CUTOUT_INDEX = OPS.index("Cutout")
@@ -108,7 +108,7 @@ def apply_op_batch(images: torch.Tensor, op: str, magnitude: float, sign: int = 
     if op == "Cutout":
         if centres is None:
             raise ValueError("Cutout needs centres (N x 2)")
-        return cutout_at(images, centres[:, 0], centres[:, 1], int(strength(op, magnitude)), fill)
+        return cutout_at(images, centres[:, 0], centres[:, 1], int(strength(op, magnitude, images.shape[-1])), fill)
     return apply_op(images, op, magnitude, sign, fill)
 
 
@@ -169,20 +169,29 @@ def rand_augment(images: torch.Tensor, generator: torch.Generator, num_ops: int,
     return apply_rand_augment(images, draws, magnitude, fill)
 
 
+def crop_padding(side: int) -> int:
+    """The pad of the pad-and-crop: 4 pixels at a side of 32, scaled with the side (:func:`randaugment.scaled`)."""
+    return max(1, round(scaled(CROP_PADDING, side)))
+
+
 def weak(images: torch.Tensor, generator: torch.Generator, flip: bool = True) -> torch.Tensor:
-    """The weak view, uint8 (``weak_transform`` before its normalisation): flip + pad-4 reflect crop."""
-    return flip_crop(images, generator, flip=flip)
+    """The weak view, uint8 (``weak_transform`` before its normalisation): flip + pad-4 reflect crop (the pad
+    scaled with the side)."""
+    return flip_crop(images, generator, crop_padding(images.shape[-1]), flip=flip)
 
 
 def strong(images: torch.Tensor, generator: torch.Generator, num_ops: int, magnitude: float, cutout_size: int,
            fill=FILL, flip: bool = True) -> torch.Tensor:
     """The official strong view, uint8 (``strong_transform`` with ``randaugment="official"`` before its
     normalisation): flip + crop, RandAugment, a ``cutout_size`` square of ``fill``, flip + crop
-    (data_utils.py:557-565); ``flip=False`` leaves out both flips."""
-    images = flip_crop(images, generator, flip=flip)
+    (data_utils.py:557-565); ``flip=False`` leaves out both flips. ``cutout_size`` and the pad are given for a side
+    of 32 and scale with the images' side (:func:`randaugment.scaled`)."""
+    side = images.shape[-1]
+    padding = crop_padding(side)
+    images = flip_crop(images, generator, padding, flip=flip)
     images = rand_augment(images, generator, num_ops, magnitude, fill)
-    images = cutout(images, generator, cutout_size, fill)
-    return flip_crop(images, generator, flip=flip)
+    images = cutout(images, generator, even_pixels(cutout_size, side), fill)
+    return flip_crop(images, generator, padding, flip=flip)
 
 
 def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:

@@ -74,8 +74,14 @@ class Pipeline:
     def eval_batches(self, name: str) -> EvalBatches:
         return EvalBatches(*self.splits[name], self.cfg.eval_batch_size, self.mean, self.std)
 
+    @property
+    def num_unlabeled(self) -> int:
+        return len(self.splits["unlabeled"][0])
+
     def strong_views(self, indices: list[int], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Unlabeled images ``indices`` and a strong view of each, normalised, on the CPU; the run's RNG untouched."""
-        images = self.splits["unlabeled"][0][torch.as_tensor(indices, device=self.device)]
+        """Unlabeled images ``indices`` (labeled ones where there are none) and a strong view of each, normalised,
+        on the CPU; the run's RNG untouched."""
+        pool = self.splits["unlabeled" if self.num_unlabeled else "labeled"][0]
+        images = pool[torch.as_tensor(indices, device=self.device)]
         views = self._strong(images, torch.Generator(self.device).manual_seed(seed))
         return augment.normalize(images, self.mean, self.std).cpu(), views.cpu()

@@ -35,13 +35,12 @@ CPU_PIPELINE = "device"  # what auto picks on the CPU: see README, "Input pipeli
 
 
 @dataclass
-class ImageSetConfig:
+class ImageViewsConfig:
+    """The keys of the batches and views, which every image data set has (the benchmarks and the image folder)."""
+
     name: str = MISSING
     root: str = MISSING  # the directory that holds the data set's files
-    download: bool = MISSING  # fetch the official files into root when they are absent (md5 checked)
-    num_labeled: int = MISSING  # drawn balanced: num_labeled / classes per class
     split_seed: int = MISSING  # which images are labeled and validation
-    num_val: int = MISSING  # held out of the training set, balanced per class, never trained on: the validation split
     unlabeled: str = MISSING  # all: every training image (the paper); rest: the training images not labeled
     labeled_batch_size: int = MISSING
     unlabeled_ratio: int = MISSING  # mu: the unlabeled batch is mu * labeled_batch_size images
@@ -62,6 +61,13 @@ class ImageSetConfig:
 
 
 @dataclass
+class ImageSetConfig(ImageViewsConfig):
+    download: bool = MISSING  # fetch the official files into root when they are absent (md5 checked)
+    num_labeled: int = MISSING  # drawn balanced: num_labeled / classes per class
+    num_val: int = MISSING  # held out of the training set, balanced per class, never trained on: the validation split
+
+
+@dataclass
 class Images:
     """A data set as read from its files: uint8 images N x H x W x C and int64 labels, and what describes them."""
 
@@ -75,15 +81,21 @@ class Images:
 
 
 def check(cfg, num_classes: int, num_train: int, folder: str) -> None:
-    """The keys every image data set has; ``num_train``: its training images, ``folder``: what root holds."""
+    """The keys of a benchmark image data set; ``num_train``: its training images, ``folder``: what root holds."""
     data = cfg.dataset
     if not isinstance(data.num_val, int) or data.num_val < 0 or data.num_val % num_classes or \
             data.num_val > num_train // 2:
         raise ConfigError("dataset.num_val", data.num_val,
                           f"a multiple of {num_classes} (drawn balanced) from 0 to {num_train // 2}")
     balanced_labels(cfg, num_classes, num_train - data.num_val)
+    check_views(cfg, folder)
+
+
+def check_views(cfg, folder: str, pipelines=PIPELINES) -> None:
+    """The keys every image data set has (batches, pipeline, views); ``folder``: what root holds."""
+    data = cfg.dataset
     one_of(cfg, "dataset.unlabeled", ("all", "rest"))
-    one_of(cfg, "dataset.pipeline", PIPELINES)
+    one_of(cfg, "dataset.pipeline", pipelines)
     for key in ("labeled_batch_size", "unlabeled_ratio", "eval_batch_size"):
         positive(cfg, f"dataset.{key}")
     count(cfg, "dataset.num_workers", 0, 64, why=" (worker processes a loader)")
@@ -96,11 +108,13 @@ def check(cfg, num_classes: int, num_train: int, folder: str) -> None:
     else:
         top, scale = 30, "torchvision's scale"
         if data.pipeline == "device":
-            raise ConfigError("dataset.pipeline", "device", "workers or auto with dataset.randaugment=torchvision "
+            others = " or ".join(sorted((p for p in pipelines if p != "device"), key=lambda p: p == "auto"))
+            raise ConfigError("dataset.pipeline", "device", f"{others} with dataset.randaugment=torchvision "
                               "(torchvision's RandAugment draws one op per batch, not per image)")
     count(cfg, "dataset.randaugment_magnitude", 0, top, why=f" ({scale})")
     if not isinstance(data.cutout_size, int) or not 0 <= data.cutout_size <= 32 or data.cutout_size % 2:
-        raise ConfigError("dataset.cutout_size", data.cutout_size, "an even number of pixels from 0 to 32")
+        raise ConfigError("dataset.cutout_size", data.cutout_size,
+                          "an even number of pixels from 0 to 32 (at a side of 32; it scales with the images' side)")
     fraction(cfg, "dataset.cutout_probability", closed=True)
     low_high = list(data.cutout_scale)
     numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in low_high)
@@ -190,6 +204,7 @@ def to_chw(images: np.ndarray) -> torch.Tensor:
 
 
 def build(cfg, device: torch.device, images: Images) -> SSLData:
+    """A benchmark's :class:`Images`: labeled and validation images drawn balanced from the training set."""
     num_classes = len(images.class_names)
     _check_class_counts(cfg, images.train_y, num_classes)
     labeled, val = labeled_and_validation(images.train_y, cfg.num_labeled, cfg.num_val, num_classes,
@@ -201,29 +216,32 @@ def build(cfg, device: torch.device, images: Images) -> SSLData:
     if val:
         splits["val"] = (x[val], y[val])
     splits["test"] = (to_chw(images.test_x), torch.from_numpy(images.test_y))
+    info = {"train_images": len(images.train_y), "labeled_images": len(labeled), "unlabeled_images": len(unlabeled),
+            "val_images": len(val), "test_images": len(images.test_y)}
+    return assemble(cfg, device, splits, images.class_names, images.mean, images.std, labeled, val, info)
+
+
+def assemble(cfg, device: torch.device, splits: dict, class_names: list[str], mean, std, labeled: list,
+             val: list, info: dict, chosen: str | None = None) -> SSLData:
+    """The :class:`SSLData` of image splits ``{"labeled": (x, y), "unlabeled": (x, None), "val"?, "test"?}`` (x:
+    uint8 N x C x H x W, or anything indexable that gives such images, for the workers pipeline) through the
+    pipeline ``chosen`` (default: what ``dataset.pipeline`` resolves to on ``device``). ``labeled`` and ``val``
+    name the images for ``labeled_indices.json``."""
     stream_seed = int(torch.randint(2**62, ()))  # from the run's seed
-    chosen = pipeline(cfg, device)
-    source = (image_device.Pipeline if chosen == "device" else image_workers.Pipeline)(cfg, device, splits,
-                                                                                      images.mean, images.std)
+    chosen = chosen or pipeline(cfg, device)
+    source = (image_device.Pipeline if chosen == "device" else image_workers.Pipeline)(cfg, device, splits, mean, std)
+    side = splits["labeled"][0].shape[-1]
     return SSLData(
-        num_classes=num_classes,
-        input_shape=tuple(x.shape[1:]),
+        num_classes=len(class_names),
+        input_shape=tuple(splits["labeled"][0].shape[1:]),
         train_batches=partial(_train_batches, source, cfg, stream_seed),
         eval_splits={name: source.eval_batches(name) for name in ("val", "test") if name in splits},
         labeled_indices=labeled,
         val_indices=val,
-        figures=partial(_figures, source, images),
-        class_names=images.class_names,
-        preprocess={"image_size": int(x.shape[-1]), "resize": "crop", "mean": [float(m) for m in images.mean],
-                    "std": [float(s) for s in images.std]},
-        info={
-            "train_images": len(images.train_y),
-            "labeled_images": len(labeled),
-            "unlabeled_images": len(unlabeled),
-            "val_images": len(val),
-            "test_images": len(images.test_y),
-            "pipeline": chosen,
-        },
+        figures=partial(_figures, source, class_names, mean, std),
+        class_names=class_names,
+        info={**info, "pipeline": chosen},
+        preprocess={"image_size": side, "resize": cfg.get("resize", "crop"), "mean": list(mean), "std": list(std)},
     )
 
 
@@ -238,20 +256,20 @@ def _train_batches(source, cfg, stream_seed: int, start: int, rank: int = 0, wor
 
 
 @torch.no_grad()
-def _figures(source, images: Images, models: dict, count: int = 32) -> dict:
-    """``augmentations``: one image and 16 strong views of it; ``pseudo_labels``: strong views of the first unlabeled
-    images with the teacher's pseudo labels (when there is a teacher)."""
-    mean, std = torch.tensor(images.mean).view(-1, 1, 1), torch.tensor(images.std).view(-1, 1, 1)
+def _figures(source, class_names: list[str], mean, std, models: dict, count: int = 32) -> dict:
+    """``augmentations``: one image and 16 strong views of it; ``pseudo_labels``: strong views of the first (up to
+    ``count``) unlabeled images with the teacher's pseudo labels (when there is a teacher)."""
+    mean, std = torch.tensor(mean).view(-1, 1, 1), torch.tensor(std).view(-1, 1, 1)
     original, views = source.strong_views([0] * 16, seed=0)
     figures = {"augmentations": image_grid(torch.cat([original[:1], views]) * std + mean,
                                            ["image"] + ["strong view"] * 16, columns=6)}
     teacher = models.get("teacher")
     if teacher is None:
         return figures
-    _, strong = source.strong_views(list(range(count)), seed=1)
+    _, strong = source.strong_views(list(range(min(count, source.num_unlabeled))), seed=1)
     with eval_mode(teacher):
         probs = torch.softmax(teacher(strong.to(next(teacher.parameters()).device)).float(), dim=1).cpu()
     confidence, labels = probs.max(dim=1)
-    titles = [f"{images.class_names[c]} {100 * p:.0f}%" for c, p in zip(labels.tolist(), confidence.tolist())]
+    titles = [f"{class_names[c]} {100 * p:.0f}%" for c, p in zip(labels.tolist(), confidence.tolist())]
     figures["pseudo_labels"] = image_grid(strong * std + mean, titles)
     return figures

@@ -17,7 +17,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
 from mpl_runner.data.batch import Batch
-from mpl_runner.data.randaugment import FILL, OfficialCutout, OfficialRandAugment
+from mpl_runner.data.batched_augment import crop_padding
+from mpl_runner.data.randaugment import FILL, OfficialCutout, OfficialRandAugment, even_pixels
 from mpl_runner.data.splits import EpochOrder
 from mpl_runner.signals import ignore_stop_signals
 
@@ -26,8 +27,8 @@ def _normalize(mean, std) -> list[v2.Transform]:
     return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
 
 
-def _flip_crop(flip: bool = True) -> list[v2.Transform]:
-    crop = v2.RandomCrop(32, padding=4, padding_mode="reflect")
+def _flip_crop(flip: bool = True, side: int = 32) -> list[v2.Transform]:
+    crop = v2.RandomCrop(side, padding=crop_padding(side), padding_mode="reflect")
     return [v2.RandomHorizontalFlip(), crop] if flip else [crop]
 
 
@@ -35,24 +36,25 @@ def eval_transform(mean, std) -> v2.Compose:
     return v2.Compose(_normalize(mean, std))
 
 
-def weak_transform(mean, std, flip: bool = True) -> v2.Compose:
-    return v2.Compose([*_flip_crop(flip), *_normalize(mean, std)])
+def weak_transform(mean, std, flip: bool = True, side: int = 32) -> v2.Compose:
+    return v2.Compose([*_flip_crop(flip, side), *_normalize(mean, std)])
 
 
-def strong_transform(cfg, mean, std, flip: bool = True) -> v2.Compose:
-    """The strong view ``dataset.randaugment`` names (see :class:`~mpl_runner.data.image_sets.ImageSetConfig`)."""
+def strong_transform(cfg, mean, std, flip: bool = True, side: int = 32) -> v2.Compose:
+    """The strong view ``dataset.randaugment`` names (see :class:`~mpl_runner.data.image_sets.ImageSetConfig`), for
+    images of ``side`` x ``side`` pixels (pixel strengths scale with it: :func:`randaugment.scaled`)."""
     if cfg.randaugment == "official":
         # The official MPL strong view (google-research meta_pseudo_labels, data_utils.py:557-565): flip + crop, its
         # RandAugment, a cutout_size square of grey 128, then flip + crop again. See mpl_runner/data/randaugment.py.
         rand_augment = [OfficialRandAugment(cfg.randaugment_num_ops, cfg.randaugment_magnitude, FILL),
-                        OfficialCutout(cfg.cutout_size, FILL)]
-        return v2.Compose([*_flip_crop(flip), *rand_augment, *_flip_crop(flip), *_normalize(mean, std)])
+                        OfficialCutout(even_pixels(cfg.cutout_size, side), FILL)]
+        return v2.Compose([*_flip_crop(flip, side), *rand_augment, *_flip_crop(flip, side), *_normalize(mean, std)])
     # torchvision's RandAugment (0-30 scale) and RandomErasing, for comparison. Cutout fills with the mean colour,
     # which normalises to zero.
     fill = [round(255 * m) for m in mean]
     cutout = v2.RandomErasing(cfg.cutout_probability, scale=tuple(cfg.cutout_scale), ratio=(1.0, 1.0), value=fill)
     rand_augment = v2.RandAugment(cfg.randaugment_num_ops, cfg.randaugment_magnitude)
-    return v2.Compose([*_flip_crop(flip), rand_augment, cutout, *_normalize(mean, std)])
+    return v2.Compose([*_flip_crop(flip, side), rand_augment, cutout, *_normalize(mean, std)])
 
 
 def _seeded(key) -> tuple[int, int | None]:
@@ -135,7 +137,8 @@ class Pipeline:
 
     def __init__(self, cfg, device: torch.device, splits: dict, mean, std):
         self.cfg, self.device = cfg, device
-        weak, strong = weak_transform(mean, std, cfg.flip), strong_transform(cfg, mean, std, cfg.flip)
+        side = splits["labeled"][0].shape[-1]
+        weak, strong = weak_transform(mean, std, cfg.flip, side), strong_transform(cfg, mean, std, cfg.flip, side)
         self.sets = {"labeled": LabeledImages(*splits["labeled"], weak),
                      "unlabeled": UnlabeledImages(splits["unlabeled"][0], weak, strong)}
         for name in ("val", "test"):
@@ -156,9 +159,16 @@ class Pipeline:
     def eval_batches(self, name: str) -> DataLoader:
         return loader(self.sets[name], self.cfg, self.device, batch_size=self.cfg.eval_batch_size)
 
+    @property
+    def num_unlabeled(self) -> int:
+        return len(self.sets["unlabeled"])
+
     def strong_views(self, indices: list[int], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Unlabeled images ``indices`` and a strong view of each, normalised, on the CPU; the run's RNG untouched."""
+        """Unlabeled images ``indices`` (labeled ones where there are none) and a strong view of each, normalised,
+        on the CPU; the run's RNG untouched."""
         unlabeled = self.sets["unlabeled"]
+        if not len(unlabeled):
+            unlabeled = UnlabeledImages(self.sets["labeled"].images, unlabeled.weak, unlabeled.strong)
         seeds = np.random.SeedSequence([seed]).generate_state(len(indices), np.uint64).tolist()
         views = [unlabeled[(i, s)][1] for i, s in zip(indices, seeds)]
         return torch.stack([self.plain(unlabeled.images[i]) for i in indices]), torch.stack(views)

@@ -35,11 +35,25 @@ MAX_MAGNITUDE = 20  # past 2 * MAX_LEVEL, Posterize would keep more than 8 bits 
 IMAGE_SIZE = 32
 TRANSLATE_CONST = CUTOUT_CONST = IMAGE_SIZE // 8  # data_utils.py:560-561
 CUTOUT_SIZE = 2 * (IMAGE_SIZE // 4)  # the cutout after RandAugment: pad_size 8 each side (data_utils.py:564)
+CROP_PADDING = 4  # the weak view's pad-and-crop (data_utils.py:428-437)
+
+
+def scaled(pixels: float, side: int) -> float:
+    """A strength in pixels, given for CIFAR's 32 x 32 images, at another image side: pixel strengths (translate,
+    the in-RandAugment cutout, the cutout after it, the crop padding) are fractions of the side, so they scale
+    with ``side / 32`` (the official code sets them for 32 x 32 alone; README, "Fidelity", says so)."""
+    return pixels * side / IMAGE_SIZE
+
+
+def even_pixels(pixels: float, side: int) -> int:
+    """:func:`scaled` to an even number of pixels (a square cut out about a centre pixel)."""
+    return 2 * int(scaled(pixels, side) // 2)
 FILL = 128  # "replace" (augment.py:644, data_utils.py:564)
 OPS = (  # augment.py:622-626, in that order
     "AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "Color", "Contrast",
     "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateX", "TranslateY", "Cutout",
 )
+PIXEL_OPS = frozenset({"TranslateX", "TranslateY", "Cutout"})  # strengths in pixels (scale with the side)
 SIGNED = frozenset({"Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY"})  # _randomly_negate_tensor
 NEAREST = InterpolationMode.NEAREST  # tf.contrib.image's default interpolation
 
@@ -58,8 +72,9 @@ STRENGTH = {
     "Rotate": lambda m: m / MAX_LEVEL * 30.0,  # degrees, counter-clockwise (augment.py:461-464)
     "ShearX": lambda m: m / MAX_LEVEL * 0.3,  # shear factor s: out(x, y) = in(x + s*y, y) (augment.py:266-274, 477-481)
     "ShearY": lambda m: m / MAX_LEVEL * 0.3,  # out(x, y) = in(x, y + s*x) (augment.py:277-285)
-    "TranslateX": lambda m: m / MAX_LEVEL * TRANSLATE_CONST,  # pixels: out(x) = in(x + t) (augment.py:254-257, 484-488)
-    "TranslateY": lambda m: m / MAX_LEVEL * TRANSLATE_CONST,  # out(y) = in(y + t) (augment.py:260-263)
+    # pixels at a side of 32 (see scaled()): out(x) = in(x + t) (augment.py:254-257, 484-488)
+    "TranslateX": lambda m, side=IMAGE_SIZE: m / MAX_LEVEL * scaled(TRANSLATE_CONST, side),
+    "TranslateY": lambda m, side=IMAGE_SIZE: m / MAX_LEVEL * scaled(TRANSLATE_CONST, side),  # out(y) = in(y + t)
     # bits kept (augment.py:223-226, 531); TF clamps the shift 8 - bits to 0..7, so 0 bits keeps 1
     "Posterize": lambda m: max(_mult(m, 4), 1),
     # threshold (augment.py:178-181, 532); TF casts the int32 to uint8, so 409 (M = 16) wraps to 153
@@ -68,14 +83,18 @@ STRENGTH = {
     "Contrast": _enhance,  # blend factor with a constant grey, see _contrast (augment.py:200-214)
     "Brightness": _enhance,  # blend factor with black (augment.py:217-220)
     "Sharpness": _enhance,  # blend factor with the smoothed image (augment.py:332-358)
-    "Cutout": lambda m: 2 * _mult(m, CUTOUT_CONST),  # side of the square in pixels, 2 * pad_size (augment.py:534)
+    # side of the square in pixels, 2 * pad_size (augment.py:534), at a side of 32 (see scaled())
+    "Cutout": lambda m, side=IMAGE_SIZE: 2 * _mult(m, scaled(CUTOUT_CONST, side)),
 }
 
 
-def strength(op: str, magnitude: float) -> float:
-    """The official strength of ``op`` at ``magnitude`` (see :data:`STRENGTH` for the units)."""
+def strength(op: str, magnitude: float, side: int = IMAGE_SIZE) -> float:
+    """The official strength of ``op`` at ``magnitude`` (see :data:`STRENGTH` for the units) on images of ``side``
+    pixels (the pixel strengths scale with it: :func:`scaled`)."""
     if op not in STRENGTH:
         raise KeyError(f"{op} takes no strength" if op in OPS else f"{op} is not an official op")
+    if op in PIXEL_OPS:
+        return float(STRENGTH[op](magnitude, side))
     return float(STRENGTH[op](magnitude))
 
 
@@ -136,8 +155,9 @@ _APPLY = {
 
 
 def apply_op(image: torch.Tensor, op: str, magnitude: float, sign: int = 1, fill=FILL) -> torch.Tensor:
-    """``op`` at the official strength for ``magnitude``; ``sign`` (+1 or -1) is that of the signed ops."""
-    s = strength(op, magnitude) * (sign if op in SIGNED else 1) if op in STRENGTH else 0.0
+    """``op`` at the official strength for ``magnitude`` (pixel strengths at the image's side, :func:`scaled`);
+    ``sign`` (+1 or -1) is that of the signed ops."""
+    s = strength(op, magnitude, image.shape[-1]) * (sign if op in SIGNED else 1) if op in STRENGTH else 0.0
     return _APPLY[op](image, s, fill)
 
 
