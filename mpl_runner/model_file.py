@@ -86,7 +86,8 @@ def _why_no_model(run_dir: Path) -> str:
     if status == "failed":
         return f"the run in {run_dir} has no model: it failed ({record.get('error', 'no error recorded')})"
     return (f"the run in {run_dir} has no {META}: it was made before mpl-runner wrote models, or stopped while "
-            f"writing it; its command again with trainer.resume={run_dir} writes it")
+            f"writing it; its command again (provenance/command in metrics.json) plus trainer.resume={run_dir} "
+            f"writes it")
 
 
 def read_meta(run_dir: Path) -> dict[str, Any]:
