@@ -174,8 +174,8 @@ def summary(result: Predictions) -> list[str]:
     for row in [r for r in result.rows if r.status != "ok"][:5]:
         lines.append(f"  unreadable: {row.path}: {row.reason}")
     if result.accuracy is not None:
-        lines.append(f"accuracy {100 * result.accuracy:.2f}% ({result.correct}/{result.counted}) on "
-                     f"{result.counted} images whose folder names their class")
+        lines.append(f"accuracy {100 * result.accuracy:.2f}% on {result.counted} images whose folder names their "
+                     f"class ({result.correct} right)")
     return lines
 
 
