@@ -23,7 +23,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from mpl_runner import checkpoint, run_dirs
+from mpl_runner import checkpoint, model_file, run_dirs
 from mpl_runner.config import register_configs
 from mpl_runner.data import SSLData, build_dataset
 from mpl_runner.distributed import World, world_from_env
@@ -151,6 +151,8 @@ def _execute(cfg: DictConfig, run_dir: Path, world: World) -> Trained:
         start = Start(state["step"], **state["loop"])
         finished = _finished_record(run_dir, state, cfg.trainer.steps)
         if finished is not None:
+            if world.is_main and not (run_dir / model_file.META).exists():  # (finished before its model was out)
+                model_file.write_model(run_dir, cfg, handed_out_model_config(cfg, method), method, data, finished)
             log.info(f"{run_dir} already finished ({_headline(finished)}); nothing to do")
             return Trained(finished, method, data)
         log.info(f"resuming {run_dir} after step {start.step} of {cfg.trainer.steps}")
@@ -158,6 +160,7 @@ def _execute(cfg: DictConfig, run_dir: Path, world: World) -> Trained:
     write = world.is_main  # under torchrun, rank 0 alone writes the run dir
     if write:
         orphans = run_dirs.remove_orphans(run_dir)  # (we hold the lock: no write of ours is under way)
+        model_file.remove(run_dir)  # (an earlier run's: the model files stand for a completed run alone)
         if orphans:
             log.info(f"removed {len(orphans)} temp file(s) that a killed write left in {run_dir}: "
                      f"{', '.join(orphans)}")
@@ -216,6 +219,7 @@ def _execute(cfg: DictConfig, run_dir: Path, world: World) -> Trained:
             record["world_size"] = world.size
         if write:
             atomic_write_json(run_dir / "metrics.json", record)
+            model_file.write_model(run_dir, cfg, handed_out_model_config(cfg, method), method, data, record)
         if stop.received is not None:  # (while the record was written: the run is complete)
             raise stop.interrupted(steps, completed=True)
     log.info(f"{_headline(metrics)} ({method.handed_out}); "
@@ -226,6 +230,11 @@ def _execute(cfg: DictConfig, run_dir: Path, world: World) -> Trained:
 def _headline(metrics: dict) -> str:
     """The handed-out model's accuracies for the console: ``val/acc 93.10%, test/acc 92.85%``."""
     return ", ".join(f"{k} {100 * metrics[k]:.2f}%" for k in ("val/acc", "test/acc") if k in metrics)
+
+
+def handed_out_model_config(cfg: DictConfig, method: Method) -> DictConfig:
+    """The config of the model ``method`` hands out (written into ``model.json``)."""
+    return cfg.model  # TODO(issue 18, item 2): the student's model config when method.student_model is set
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
