@@ -297,8 +297,10 @@ def build(cfg, device: torch.device) -> SSLData:
     if len(unlabeled_rows) and cfg.unlabeled == "all":  # (the paper's unlabeled set holds the labeled images too)
         unlabeled_rows = np.concatenate([unlabeled_rows, labeled_rows])
     if not len(val_rows) and listing.test is None:
-        raise DataError(f"dataset.root={root} has no test/ folder and no validation split (num_val gives none: the "
-                        f"fewest labeled images of a class is under 5): add test/<class>/ or val/<class>/ folders")
+        why = ("dataset.num_val=0" if cfg.num_val == 0 else
+               "dataset.num_val=null holds out a fifth of the fewest labeled images of a class, and that is under 5")
+        raise DataError(f"dataset.root={root} has no test/ folder and no validation split ({why}): add "
+                        f"test/<class>/ or val/<class>/ folders, or set dataset.num_val")
     if listing.test is None:
         log.info(f"{root} has no test/ folder: the run reports validation accuracy only")
     batch, unlabeled_batch = cfg.labeled_batch_size, cfg.unlabeled_ratio * cfg.labeled_batch_size
