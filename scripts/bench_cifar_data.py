@@ -23,7 +23,9 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
+import functools
 import gc
 import json
 import tempfile
@@ -50,9 +52,15 @@ def random_cifar(seed: int = 0) -> image_sets.Images:
                              cifar10.STD)
 
 
+@functools.cache
+def dataset_config(batch: int, mu: int):
+    return compose_config("dataset=cifar10_4k", f"dataset.labeled_batch_size={batch}",
+                          f"dataset.unlabeled_ratio={mu}").dataset
+
+
 def build_data(images, pipeline: str, workers: int, device: torch.device, batch: int, mu: int):
-    cfg = compose_config("dataset=cifar10_4k", f"dataset.pipeline={pipeline}", f"dataset.num_workers={workers}",
-                         f"dataset.labeled_batch_size={batch}", f"dataset.unlabeled_ratio={mu}").dataset
+    cfg = copy.deepcopy(dataset_config(batch, mu))  # (composed once: Hydra takes a second or more a time)
+    cfg.pipeline, cfg.num_workers = pipeline, workers
     torch.manual_seed(0)
     return image_sets.build(cfg, device, images)
 

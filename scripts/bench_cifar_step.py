@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import gc
 import statistics
 import time
@@ -57,6 +58,7 @@ def parse_setting(setting: str, baseline_amp: str = "fp16") -> tuple[str, bool, 
     return amp, "cl" in switches, "compile" in switches
 
 
+@functools.cache  # (read only; Hydra takes a second or more to compose)
 def method_config(name: str, depth: int = 28):
     """``model=wrn28_2`` (a 16-channel stem), ``method=<name>`` as conf/ has it (the MPL student learns from the first
     step; UDA weight 8) and SGD at lr 0.05: the setting the README's step tables were measured in."""
@@ -232,7 +234,8 @@ def main() -> None:
         f" after {args.warmup} warm-up steps")
     meta = {"date": datetime.date.today().isoformat(), "device": name, "torch": torch.__version__,
             "batch": args.batch, "mu": args.mu, "depth": args.depth, "steps": args.steps, "warmup": args.warmup,
-            "processes": world.size, "timing": timing}
+            "processes": world.size, "timing": timing,
+            "tf32": {"cudnn": torch.backends.cudnn.allow_tf32, "matmul": torch.backends.cuda.matmul.allow_tf32}}
 
     rows, began = [], time.perf_counter()
     for method_name in args.methods:

@@ -16,19 +16,24 @@
 #               the fastest step setting fed by each -> $OUT/bench_cifar_data_cuda.json (also docs/ on a real run)
 # The dry run writes $OUT/bench_cifar_*_cpu_dry.json and nothing under docs/.
 #
-# Budget: the whole run must fit in 8 minutes on one H100. Each stage has a cap (below) and gets no more than what
-# is left of BUDGET (470 s), so a hung stage cannot eat the rest. Estimate, from the step counts and the cost of a
-# step: one MPL step at B = 128, mu = 7 is 3.7 TFLOP (WRN-28-2 forward 0.43 GFLOP an image, by
-# torch.utils.flop_counter; teacher forward + backward on 1,920 images, student on 896, two no-grad forwards on
-# 128), so at an assumed 25-50 TFLOP/s actually reached (a fraction of the H100's peak; small convolutions) an
-# eager step takes 75-150 ms. setup ~15 s (pip from local wheels). cuda-tests ~90 s (37 small tests; two
-# torch.compile of a WRN-10-1, ~20 s each; two mpl-run subprocesses of ~15 s each; the CPU dry run only shows that
-# they collect and skip). step ~140 s: 4 eager rows x 23 steps x <= 0.15 s plus cudnn autotuning (~20 s), two
-# compiled rows x ~50 s of compilation (the second model hits the inductor cache); rows not started after 100 s
-# are skipped (--time-budget). data ~90 s: 3 worker pipelines x ~5 s (start-up + 5 batches of 1,920 views), the
-# fed step: one compilation (~15 s from the cache the step stage filled, ~60 s without) + 5 x 23 steps. Sum
-# ~335 s, about 5.5 minutes; the caps (45 + 140 + 150 + 130 = 465 s) bound it at 7.8 minutes. The CPU dry run
-# runs the same stages with the same number of rows at WRN-10-2, B = 2, mu = 1, 1 timed step (~40 s here).
+# Budget: the whole run must fit in 8 minutes on one H100. Each stage has a cap (the run_stage lines at the end:
+# 45 + 150 + 150 + 125 s) and gets no more than what is left of BUDGET (470 s), so a hung stage cannot eat the rest.
+# Estimate (not yet checked on a GPU), from the steps each stage runs and the cost of a step. One MPL step at
+# B = 128, mu = 7 is 3.7 TFLOP (WRN-28-2 forward: 0.43 GFLOP an image, by torch.utils.flop_counter; teacher forward
+# and backward on 1,920 images, student on 896, two no-grad forwards on 128); at an assumed 25-50 TFLOP/s reached
+# (a small fraction of the H100's peak: small convolutions), an eager step takes 75-150 ms.
+#   setup       ~15 s: pip from local wheels, one import of torch.
+#   cuda-tests  ~110 s: 37 tests on WRN-10-1 at batch 8 + 16 + 16 (~1 s each, ~35 s), two of them torch.compile it
+#               (~30 s each), three mpl-run processes (~12 s each: start-up, CUDA, 8 or ~100 tiny steps).
+#   step        ~130 s: 4 eager rows (baseline, fp32, bf16, bf16+cl) x 23 steps x <= 0.15 s + cudnn autotuning
+#               (~5 s a row); 2 compiled rows, ~45 s of compilation each (the student's graphs are the teacher's,
+#               from the inductor cache); rows not started after 100 s are skipped (--time-budget 100).
+#   data        ~80 s: the device pipeline and 3 worker pipelines x ~5 s (start-up + 5 batches of 1,920 views);
+#               the fed step compiled once (~15 s from the cache the step stage filled, ~60 s without) and fed
+#               5 x 23 steps (alone, device, 4, 8, 15 workers) at <= 0.2 s.
+# Sum ~335 s, about 5.5 minutes; the caps bound it at 7.8 minutes. The dry run takes about 40 s on an idle 2-core
+# CPU (60-90 s on a busy one): the same stages and rows at WRN-10-2, B = 2, mu = 1, one timed step a row, the bf16
+# and compiled rows listed as skipped.
 
 set -uo pipefail
 
@@ -46,11 +51,12 @@ if [[ ":${PYTHONPATH:-}:" != *":$SITE:"* ]]; then export PYTHONPATH="$SITE${PYTH
 export PYTHONUNBUFFERED=1 GPU_CHECK_DRY=$DRY OUT PYTHON WHEELS SITE
 
 if (( DRY )); then
+    export CUDA_VISIBLE_DEVICES=""  # (the CPU, even on a machine with a GPU)
     TAG=cpu_dry
-    STEP_ARGS=(--device cpu --depth 10 --batch 2 --mu 1 --steps 1 --warmup 1 --baseline-amp fp32 --methods mpl
+    STEP_ARGS=(--device cpu --depth 10 --batch 2 --mu 1 --steps 1 --warmup 0 --baseline-amp fp32 --methods mpl
                --settings baseline fp32 fp32+cl bf16 bf16+cl bf16+cl+compile bf16+compile
                --skip bf16 bf16+cl bf16+cl+compile bf16+compile --skip-reason "skipped on CPU dry run")
-    DATA_ARGS=(--device cpu --depth 10 --batch 2 --mu 1 --steps 1 --workers 1 --no-e2e --fed-steps 1 --fed-warmup 1)
+    DATA_ARGS=(--device cpu --depth 10 --batch 2 --mu 1 --steps 1 --workers 1 --no-e2e --fed-steps 1 --fed-warmup 0)
 else
     TAG=cuda
     STEP_ARGS=(--device cuda --batch 128 --mu 7 --steps 20 --warmup 3 --methods mpl --time-budget 100
@@ -69,9 +75,14 @@ import importlib.metadata as md
 import sys
 from pathlib import Path
 
-from packaging.tags import sys_tags
-from packaging.utils import parse_wheel_filename
-from packaging.version import Version
+try:
+    from packaging.tags import sys_tags
+    from packaging.utils import parse_wheel_filename
+    from packaging.version import Version
+except ImportError:  # (pip's own copy)
+    from pip._vendor.packaging.tags import sys_tags
+    from pip._vendor.packaging.utils import parse_wheel_filename
+    from pip._vendor.packaging.version import Version
 
 supported = set(sys_tags())
 for wheel in sorted(Path(sys.argv[1]).glob("*.whl")):
@@ -90,16 +101,24 @@ EOF
         echo "installing into $SITE:"; echo "$chosen"
         # shellcheck disable=SC2086
         "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$SITE" $chosen || return 1
-    else
+    elif [[ -d "$WHEELS" ]]; then
         echo "every wheel in $WHEELS is installed here already, or does not fit this Python"
+    else
+        echo "no $WHEELS (make gpu-wheels makes it): nothing to install from"
     fi
     if (cd "$OUT" && "$PYTHON" -c "import mpl_runner.conf" 2>/dev/null); then
-        echo "mpl_runner is importable: $(cd "$OUT" && "$PYTHON" -c "import mpl_runner; print(mpl_runner.__file__)")"
-    else  # (a wheel built here, so that conf/ ships as mpl_runner.conf; setuptools from .whl/ if this one is old)
-        "$PYTHON" -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target "$SITE" "$REPO" \
-            || return 1
+        echo "mpl_runner is installed already"
+    else  # (built from a copy, so that conf/ ships as mpl_runner.conf and the checkout gets no build/; setuptools
+          # from .whl/ where this Python's is older)
+        local src="$OUT/project-src"
+        rm -rf "$src" && mkdir -p "$src"
+        cp -r "$REPO"/{pyproject.toml,README.md,mpl_runner,conf,hydra_plugins} "$src"/
+        "$PYTHON" -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --upgrade --target "$SITE" \
+            "$src" || return 1
+        rm -rf "$src"
     fi
-    cd "$OUT" && "$PYTHON" - <<'EOF'
+    cd "$OUT" && "$PYTHON" - <<'EOF' || { echo "missing a package: are the wheels for this Python (make gpu-wheels \
+GPU_PYTHON=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])'))?"; return 1; }
 import platform, shutil, subprocess
 
 import hydra, omegaconf, optuna, torch, torchvision
@@ -170,9 +189,9 @@ run_stage() {  # run_stage NAME CAP_SECONDS
 SECONDS=0
 echo "gpu_check ($( (( DRY )) && echo "CPU dry run" || echo "CUDA")): OUT=$OUT"
 if run_stage setup 45; then
-    run_stage cuda-tests 140
+    run_stage cuda-tests 150
     run_stage step 150
-    run_stage data 130
+    run_stage data 125
 fi
 if (( ! DRY )); then  # the benchmark records land in docs/ too (a dry run leaves docs/ alone)
     for json in "$STEP_JSON" "$DATA_JSON"; do [[ -f "$json" ]] && cp "$json" "$REPO/docs/"; done

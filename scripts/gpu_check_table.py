@@ -51,7 +51,8 @@ def step_rows(bench: dict) -> list[tuple[str, str]]:
 def data_rows(bench: dict) -> list[tuple[str, str]]:
     rows = []
     for r in bench["views"]:
-        where = f"{r['num_workers']} workers" if r["pipeline"] == "workers" else f"on {r['device']}"
+        where = f"{r['num_workers']} workers" if r["pipeline"] == "workers" else (
+            f"on {r['device']}" + (f", {r['threads']} threads" if r["device"] == "cpu" else ""))
         rows.append((f"pipeline: {r['pipeline']} ({where})", f"{r['views_per_s']:,.0f} views/s"))
     if bench.get("fed"):
         rows.append((f"fed step: alone ({bench['fed_setting']})", f"{bench['fed_alone_steps_per_s']:.2f} steps/s"))

@@ -5,7 +5,10 @@ on the CPU). Marked ``cuda``: skipped where CUDA is absent (conftest.py); ``scri
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -22,7 +25,6 @@ from mpl_runner.methods import build_method
 from mpl_runner.models import build_model
 from test_cifar10_data import config, write_fake_cifar10
 from test_image_pipelines import pixels
-from test_resume import start
 
 pytestmark = pytest.mark.cuda
 
@@ -132,9 +134,10 @@ def test_channels_last_and_compile_give_the_eager_losses(name, switch, no_tf32):
 # --- the batched augmentation and the device pipeline: CUDA against the CPU --------------------------------------
 # A torch.Generator on CUDA draws other numbers than one on the CPU for the same seed (another algorithm), so the
 # ops are compared given the same *draws*: drawn on the CPU and moved to CUDA. Integer ops (gathers, masks, bit
-# operations) must agree exactly; ops that go through float (blends with a mean, affine grids sampled at the nearest
-# pixel) may round differently on the GPU (fused multiply-adds, another summation order): one grey level, or the
-# neighbouring pixel where a grid point falls on a rounding boundary.
+# operations) must agree exactly; ops that go through float may round differently on the GPU (fused multiply-adds,
+# another summation order): a blend at factor 2.98 (magnitude 16) turns one grey level of the grey image, mean or
+# blurred image into two; an affine grid sampled at the nearest pixel takes the neighbour where a point falls on a
+# rounding boundary. So for those: a few pixels, by little.
 
 EXACT = {"Invert", "Posterize", "Solarize", "Cutout"}
 GEOMETRIC = {"Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY"}
@@ -165,7 +168,7 @@ def test_each_randaugment_op_on_cuda_equals_the_cpu(op):
         elif op in GEOMETRIC:
             assert (diff > 0).float().mean() <= 0.01, f"{op} sign {sign}: {(diff > 0).float().mean():.4f} differ"
         else:
-            assert diff.max() <= 1, f"{op}: up to {diff.max()} grey levels apart"
+            assert diff.max() <= 2 and (diff > 0).float().mean() <= 0.01, f"{op}: {diff.max()} levels apart at most"
 
 
 def test_rand_augment_on_cuda_equals_the_cpu_given_the_same_draws():
@@ -262,7 +265,9 @@ def test_a_tiny_cifar_run_on_cuda_resumes_on_the_cpu(tmp_path):
     args = [*TINY_CIFAR, f"dataset.root={tmp_path / 'data'}", "method=mpl", "trainer.steps=100",
             "trainer.eval_interval=50", "trainer.log_interval=10", "trainer.checkpoint_interval=2", "trainer.amp=auto"]
     run_dir = tmp_path / "run"
-    proc = start([*args, "device=cuda", f"hydra.run.dir={run_dir}"], tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "mpl_runner", *args, "device=cuda", f"hydra.run.dir={run_dir}"],
+                            cwd=tmp_path, env={**os.environ, "PYTHONUNBUFFERED": "1"}, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while not (run_dir / "checkpoints" / "last.pt").exists():
         assert proc.poll() is None, proc.communicate()[1]
