@@ -68,4 +68,5 @@ class BaselineStep:
         self._update(0, t_loss)
 
         return {"student/loss": s_loss.item(), "teacher/loss": t_loss.item(), "teacher/loss_sup": t_loss_l.item(),
-                "teacher/loss_uda": t_loss_u.item(), "teacher/loss_mpl": t_loss_mpl.item(), "uda/mask": mask.mean().item()}
+                "teacher/loss_uda": t_loss_u.item(), "teacher/loss_mpl": t_loss_mpl.item(),
+                "uda/mask": mask.mean().item()}

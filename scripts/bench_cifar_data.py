@@ -43,23 +43,27 @@ from mpl_runner.files import atomic_write_json
 from bench_cifar_step import parse_setting, release, setup
 
 
-def random_cifar(seed: int = 0) -> image_sets.Images:
+def random_cifar(seed: int = 0, train: int = 50_000) -> image_sets.Images:
+    """Random uint8 images in CIFAR-10's shapes: ``train`` training images (a multiple of 1,000), a fifth as many
+    test images, balanced labels."""
     rng = np.random.default_rng(seed)
-    train = rng.integers(0, 256, (50_000, 32, 32, 3), dtype=np.uint8)
-    test = rng.integers(0, 256, (10_000, 32, 32, 3), dtype=np.uint8)
-    labels = np.repeat(np.arange(10), 5_000)
-    return image_sets.Images(train, labels, test, np.repeat(np.arange(10), 1_000), cifar10.CLASS_NAMES, cifar10.MEAN,
-                             cifar10.STD)
+    x = rng.integers(0, 256, (train, 32, 32, 3), dtype=np.uint8)
+    test = rng.integers(0, 256, (train // 5, 32, 32, 3), dtype=np.uint8)
+    return image_sets.Images(x, np.repeat(np.arange(10), train // 10), test, np.repeat(np.arange(10), train // 50),
+                             cifar10.CLASS_NAMES, cifar10.MEAN, cifar10.STD)
 
 
 @functools.cache
-def dataset_config(batch: int, mu: int):
+def dataset_config(batch: int, mu: int, train: int):
+    """``dataset=cifar10_4k`` at batch B, mu; for fewer than 50,000 training images, as many labeled and validation
+    images in proportion."""
+    smaller = [f"dataset.num_labeled={train * 2 // 25}", f"dataset.num_val={train // 10}"] if train != 50_000 else []
     return compose_config("dataset=cifar10_4k", f"dataset.labeled_batch_size={batch}",
-                          f"dataset.unlabeled_ratio={mu}").dataset
+                          f"dataset.unlabeled_ratio={mu}", *smaller).dataset
 
 
 def build_data(images, pipeline: str, workers: int, device: torch.device, batch: int, mu: int):
-    cfg = copy.deepcopy(dataset_config(batch, mu))  # (composed once: Hydra takes a second or more a time)
+    cfg = copy.deepcopy(dataset_config(batch, mu, len(images.train_y)))  # (composed once: Hydra takes a second or more)
     cfg.pipeline, cfg.num_workers = pipeline, workers
     torch.manual_seed(0)
     return image_sets.build(cfg, device, images)
@@ -89,6 +93,8 @@ class FedStep:
         self.amp, self.channels_last, compile = parse_setting(setting)
         self.amp = "none" if self.amp == "fp32" else self.amp
         self.device = device
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # (as bench_cifar_step.py times the step)
         self.method, _ = setup("mpl", self.channels_last, device, batch, mu, compile, depth=depth, amp=self.amp)
         self.step = 0
 
@@ -156,10 +162,12 @@ def main() -> None:
     parser.add_argument("--fed-steps", type=int, default=20)
     parser.add_argument("--fed-warmup", type=int, default=3, help="steps before timing (compilation happens there)")
     parser.add_argument("--depth", type=int, default=28, help="WRN depth of the fed step")
+    parser.add_argument("--train-images", type=int, default=50_000,
+                        help="random training images (a multiple of 1,000; fewer for a quick check)")
     parser.add_argument("--out", type=Path, default=Path("docs/bench_cifar_data.json"))
     args = parser.parse_args()
     device, threads = torch.device(args.device), torch.get_num_threads()
-    images = random_cifar()
+    images = random_cifar(train=args.train_images)
 
     rows = []
     for workers in args.workers:

@@ -211,7 +211,7 @@ def main() -> None:
     parser.add_argument("--skip", nargs="*", default=[], help="settings listed in the table but not measured")
     parser.add_argument("--skip-reason", default="skipped")
     parser.add_argument("--baseline-amp", choices=["fp16", "fp32"], default="fp16",
-                        help="fp32: the baseline without autocast and scalers (a quick check on a CPU: fp16 is emulated)")
+                        help="fp32: the baseline without autocast and scalers (a check on a CPU: fp16 is emulated)")
     parser.add_argument("--time-budget", type=float, default=None,
                         help="seconds: rows not started by then are skipped")
     args = parser.parse_args()

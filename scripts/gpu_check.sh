@@ -32,8 +32,8 @@
 #               the fed step compiled once (~15 s from the cache the step stage filled, ~60 s without) and fed
 #               5 x 23 steps (alone, device, 4, 8, 15 workers) at <= 0.2 s.
 # Sum ~335 s, about 5.5 minutes; the caps bound it at 7.8 minutes. The dry run takes about 40 s on an idle 2-core
-# CPU (60-90 s on a busy one): the same stages and rows at WRN-10-2, B = 2, mu = 1, one timed step a row, the bf16
-# and compiled rows listed as skipped.
+# CPU (60-130 s on a busy one): the same stages and rows at WRN-10-2, B = 2, mu = 1, one timed step a row, 2,000
+# random images, the bf16 and compiled rows listed as skipped.
 
 set -uo pipefail
 
@@ -56,7 +56,8 @@ if (( DRY )); then
     STEP_ARGS=(--device cpu --depth 10 --batch 2 --mu 1 --steps 1 --warmup 0 --baseline-amp fp32 --methods mpl
                --settings baseline fp32 fp32+cl bf16 bf16+cl bf16+cl+compile bf16+compile
                --skip bf16 bf16+cl bf16+cl+compile bf16+compile --skip-reason "skipped on CPU dry run")
-    DATA_ARGS=(--device cpu --depth 10 --batch 2 --mu 1 --steps 1 --workers 1 --no-e2e --fed-steps 1 --fed-warmup 0)
+    DATA_ARGS=(--device cpu --depth 10 --batch 2 --mu 1 --steps 1 --workers 1 --no-e2e --fed-steps 1 --fed-warmup 0
+               --train-images 2000)
 else
     TAG=cuda
     STEP_ARGS=(--device cuda --batch 128 --mu 7 --steps 20 --warmup 3 --methods mpl --time-budget 100
