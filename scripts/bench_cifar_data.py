@@ -30,6 +30,7 @@ import gc
 import json
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +86,11 @@ def views_per_s(images, pipeline: str, workers: int, device: torch.device, batch
     return views / seconds
 
 
+def failure(err: Exception) -> str:
+    first = str(err).splitlines()[0][:150] if str(err) else ""
+    return f"failed: {type(err).__name__}" + (f": {first}" if first else "")
+
+
 class FedStep:
     """The MPL step of ``bench_cifar_step.py``'s ``setting`` on ``device``, built once; :meth:`steps_per_s` feeds it
     batches from a stream, or one batch over and over."""
@@ -123,12 +129,18 @@ def fed_rows(images, setting: str, device: torch.device, workers: list[int], bat
     del data, one
     rows = []
     for pipeline, n in [("device", 0)] + [("workers", w) for w in workers]:
-        data = build_data(images, pipeline, n, device, batch, mu)
-        stream = data.train_batches(0)
-        rate = fed.steps_per_s(stream, steps, warmup)
-        del stream, data  # stop the workers
+        row = {"pipeline": pipeline, "num_workers": n}
+        try:
+            data = build_data(images, pipeline, n, device, batch, mu)
+            stream = data.train_batches(0)
+            rate = fed.steps_per_s(stream, steps, warmup)
+            row.update(steps_per_s=rate, data_share=1 - rate / alone)
+        except Exception as err:  # (e.g. workers out of shared memory): the other pipelines are still measured
+            traceback.print_exc()
+            row.update(steps_per_s=None, data_share=None, error=failure(err))
+        stream = data = None  # stop the workers
         gc.collect()
-        rows.append({"pipeline": pipeline, "num_workers": n, "steps_per_s": rate, "data_share": 1 - rate / alone})
+        rows.append(row)
         print(rows[-1], flush=True)
     del fed
     release(device)
@@ -171,9 +183,14 @@ def main() -> None:
 
     rows = []
     for workers in args.workers:
-        rows.append({"pipeline": "workers", "num_workers": workers, "device": "cpu", "threads": 1,
-                     "views_per_s": views_per_s(images, "workers", workers, torch.device("cpu"), args.batch, args.mu,
-                                                args.steps)})
+        row = {"pipeline": "workers", "num_workers": workers, "device": "cpu", "threads": 1}
+        try:
+            row["views_per_s"] = views_per_s(images, "workers", workers, torch.device("cpu"), args.batch, args.mu,
+                                             args.steps)
+        except Exception as err:  # (e.g. out of shared memory for the workers' batches): the next rows
+            traceback.print_exc()
+            row.update(views_per_s=None, error=failure(err))
+        rows.append(row)
         print(rows[-1], flush=True)
     for n in ([1, threads] if device.type == "cpu" and threads > 1 else [threads]):
         torch.set_num_threads(n)
@@ -183,8 +200,9 @@ def main() -> None:
     torch.set_num_threads(threads)
     one_worker = next((r["views_per_s"] for r in rows if r["pipeline"] == "workers" and r["num_workers"] == 1), None)
     for r in rows:
-        r["vs_one_worker"] = r["views_per_s"] / one_worker if one_worker else None
-        r["step_share_at_40_steps_per_s"] = None if device.type == "cpu" else (
+        measured = r["views_per_s"] is not None
+        r["vs_one_worker"] = r["views_per_s"] / one_worker if one_worker and measured else None
+        r["step_share_at_40_steps_per_s"] = None if device.type == "cpu" or not measured else (
             args.batch * (1 + 2 * args.mu) * 40 / r["views_per_s"])
 
     meta = {"date": datetime.date.today().isoformat(), "torch": torch.__version__, "threads": threads,
@@ -213,8 +231,8 @@ def main() -> None:
     print("|---|---:|---|---:|---:|---:|")
     for r in rows:
         ratio = f"{r['vs_one_worker']:.1f}" if r["vs_one_worker"] else "-"
-        print(f"| {r['pipeline']} | {r['num_workers']} | {r['device']} | {r['threads']} | {r['views_per_s']:,.0f} | "
-              f"{ratio} |")
+        views = f"{r['views_per_s']:,.0f}" if r["views_per_s"] is not None else r["error"]
+        print(f"| {r['pipeline']} | {r['num_workers']} | {r['device']} | {r['threads']} | {views} | {ratio} |")
     if fed:
         print(f"\nMPL step fed by each pipeline: WRN-{args.depth}-2, {args.fed_setting}, B={args.batch}, mu={args.mu}, "
               f"{args.fed_steps} steps after {args.fed_warmup}; the step alone (one batch on the device): "
@@ -222,6 +240,9 @@ def main() -> None:
         print("| pipeline | num_workers | steps/s | share of the step |")
         print("|---|---:|---:|---:|")
         for r in fed:
+            if r["steps_per_s"] is None:
+                print(f"| {r['pipeline']} | {r['num_workers']} | {r['error']} | |")
+                continue
             print(f"| {r['pipeline']} | {r['num_workers']} | {r['steps_per_s']:.2f} | {100 * r['data_share']:.0f} % |")
     if e2e:
         print(f"\nMPL end to end, real CIFAR-10, WRN-28-2, B=8, mu=7, {args.e2e_steps} steps on {args.device}:")

@@ -19,7 +19,8 @@ speed-up column is against it. On CUDA a row's time is that of ``--steps`` steps
 synchronisations (as training runs: our step never waits for the GPU, the baseline's ``.item()`` do), and its peak
 memory is ``torch.cuda.max_memory_allocated`` (n/a on the CPU); on the CPU it is the median of per-step times.
 The JSON is rewritten after every row, so a run cut short keeps the rows it measured; ``--time-budget`` skips the
-rows left once that many seconds have passed, ``--skip`` lists rows not to measure (``--skip-reason`` says why).
+rows left once that many seconds have passed, ``--skip`` lists rows not to measure (``--skip-reason`` says why); a row that fails (torch.compile without a C
+compiler, out of memory) is listed with its error, and the next rows are measured.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import functools
 import gc
 import statistics
 import time
+import traceback
 import warnings
 from pathlib import Path
 
@@ -248,9 +250,17 @@ def main() -> None:
                 rows.append({**row, "skipped": args.skip_reason if setting in args.skip else "time budget spent"})
                 say(f"{method_name:10s} {setting:16s} {rows[-1]['skipped']}", flush=True)
                 continue
-            seconds, images_per_s, peak = seconds_per_step(method_name, setting, device, args.batch, args.mu,
-                                                           args.steps, world, args.warmup, args.depth,
-                                                           args.baseline_amp)
+            try:
+                seconds, images_per_s, peak = seconds_per_step(method_name, setting, device, args.batch, args.mu,
+                                                               args.steps, world, args.warmup, args.depth,
+                                                               args.baseline_amp)
+            except Exception as err:  # (e.g. torch.compile without a C compiler, or out of memory): the next rows
+                traceback.print_exc()
+                rows.append({**row, "skipped": f"failed: {type(err).__name__}: {str(err).splitlines()[0][:150]}"
+                             if str(err) else f"failed: {type(err).__name__}"})
+                say(f"{method_name:10s} {setting:16s} {rows[-1]['skipped']}", flush=True)
+                release(device)
+                continue
             release(device)
             rows.append({**row, "seconds_per_step": seconds, "images_per_s": images_per_s, "peak_memory_mib": peak})
             say(f"{method_name:10s} {setting:16s} {1000 * seconds:.1f} ms/step  {images_per_s:8.1f} images/s",

@@ -56,7 +56,7 @@ if (( DRY )); then
     STEP_ARGS=(--device cpu --depth 10 --batch 2 --mu 1 --steps 1 --warmup 0 --baseline-amp fp32 --methods mpl
                --settings baseline fp32 fp32+cl bf16 bf16+cl bf16+cl+compile bf16+compile
                --skip bf16 bf16+cl bf16+cl+compile bf16+compile --skip-reason "skipped on CPU dry run")
-    DATA_ARGS=(--device cpu --depth 10 --batch 2 --mu 1 --steps 1 --workers 1 --no-e2e --fed-steps 1 --fed-warmup 0
+    DATA_ARGS=(--device cpu --depth 10 --batch 2 --mu 1 --steps 1 --workers 1 --no-e2e --fed-steps 1 --fed-warmup 1
                --train-images 2000)
 else
     TAG=cuda
@@ -133,7 +133,8 @@ if torch.cuda.is_available():
           f"bf16 {torch.cuda.is_bf16_supported()}, {torch.cuda.get_device_properties(0).total_memory / 2**30:.0f} GiB")
 else:
     print("no CUDA")
-print(f"C compiler for torch.compile: {shutil.which('cc') or shutil.which('gcc') or 'none'}")
+print(f"C compiler for torch.compile: {shutil.which('cc') or shutil.which('gcc') or 'none'}; "
+      f"/dev/shm (data-loader workers): {shutil.disk_usage('/dev/shm').free / 2**20:,.0f} MiB free")
 if shutil.which("nvidia-smi"):
     print(subprocess.run(["nvidia-smi"], capture_output=True, text=True).stdout)
 EOF

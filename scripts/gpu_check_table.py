@@ -53,13 +53,15 @@ def data_rows(bench: dict) -> list[tuple[str, str]]:
     for r in bench["views"]:
         where = f"{r['num_workers']} workers" if r["pipeline"] == "workers" else (
             f"on {r['device']}" + (f", {r['threads']} threads" if r["device"] == "cpu" else ""))
-        rows.append((f"pipeline: {r['pipeline']} ({where})", f"{r['views_per_s']:,.0f} views/s"))
+        result = r["error"] if r["views_per_s"] is None else f"{r['views_per_s']:,.0f} views/s"
+        rows.append((f"pipeline: {r['pipeline']} ({where})", result))
     if bench.get("fed"):
         rows.append((f"fed step: alone ({bench['fed_setting']})", f"{bench['fed_alone_steps_per_s']:.2f} steps/s"))
         for r in bench["fed"]:
             where = f"{r['num_workers']} workers" if r["pipeline"] == "workers" else "device"
-            rows.append((f"fed step: {where}", f"{r['steps_per_s']:.2f} steps/s, data {100 * r['data_share']:.0f} % "
-                                               "of the step"))
+            result = r["error"] if r["steps_per_s"] is None else (
+                f"{r['steps_per_s']:.2f} steps/s, data {100 * r['data_share']:.0f} % of the step")
+            rows.append((f"fed step: {where}", result))
     return rows
 
 
