@@ -26,11 +26,12 @@ bench: $(VENV)/.installed
 	$(BIN)/python scripts/bench_two_moons.py $(ARGS)
 
 # What a GPU machine with PyTorch, TensorBoard, scikit-learn, matplotlib and pytest lacks to run mpl-runner: Hydra,
-# OmegaConf, Optuna and their dependencies, at the versions .venv runs (setuptools: to install the project there),
+# OmegaConf, Optuna, safetensors, timm and their dependencies, at the versions .venv runs (setuptools: to install the project there),
 # as wheels for CPython $(GPU_PYTHON) on x86-64 Linux (about 5 MB). scripts/gpu_check.sh installs those its Python
 # lacks. SQLAlchemy's pure-Python wheel (its C speed-ups are optional); antlr4 4.9.3 has no wheel on the index.
 GPU_PYTHON ?= 3.12
-GPU_WHEELS := hydra-core omegaconf optuna alembic colorlog Mako MarkupSafe PyYAML packaging tqdm typing_extensions
+GPU_WHEELS := hydra-core omegaconf optuna alembic colorlog Mako MarkupSafe PyYAML packaging tqdm typing_extensions \
+	safetensors timm
 WHEEL_PLATFORMS := --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
 
 gpu-wheels: $(VENV)/.installed
