@@ -55,7 +55,7 @@ def setup(method_name: str, channels_last: bool, device, batch: int, mu: int, co
     cfg = method_config(method_name)
     method = build_method(
         cfg.method, cfg.optim, cfg.trainer.steps,
-        lambda: build_model(cfg.model, (3, 32, 32), 10).to(device, memory_format=fmt),
+        lambda role: build_model(cfg.model, (3, 32, 32), 10).to(device, memory_format=fmt),
     )
     if world.distributed:
         method.distribute(world, device)

@@ -10,9 +10,24 @@ from torch import nn
 
 
 def build_model(cfg, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    from mpl_runner.registry import entry
+    """The model a ``model`` node (``cfg.model``, ``cfg.student_model``) describes."""
+    from mpl_runner.registry import entry_of
 
-    return entry("model", cfg.name).build(cfg, input_shape, num_classes)
+    return entry_of("model", cfg).build(cfg, input_shape, num_classes)
+
+
+def model_config(cfg, role: str):
+    """The model node of the method's model ``role`` (a name in ``Method.models``): MPL's student (and its EMA) is
+    ``student_model`` where that is set; every other model is ``model``."""
+    if role.startswith("student") and cfg.get("student_model") is not None:
+        return cfg.student_model
+    return cfg.model
+
+
+def handed_out_model_config(cfg, method):
+    """The model node of the model ``method`` hands out (a built :class:`~mpl_runner.methods.Method`, or its
+    ``handed_out`` name): MPL's student's (``student_model`` where set), else ``cfg.model``."""
+    return model_config(cfg, method if isinstance(method, str) else method.handed_out)
 
 
 @contextmanager
