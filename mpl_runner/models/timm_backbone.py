@@ -25,7 +25,7 @@ from timm.models import get_pretrained_cfg
 from torch import nn
 
 from mpl_runner.checks import fraction
-from mpl_runner.errors import ConfigError, UserError, one_line
+from mpl_runner.errors import ConfigError, one_line
 from mpl_runner.registry import register
 
 log = logging.getLogger("mpl_runner")
@@ -80,7 +80,7 @@ def read_weights(path: Path, shown: str) -> dict[str, torch.Tensor]:
         with path.open("rb"):
             pass
     except OSError as err:
-        raise UserError(f"model.pretrained={shown}: cannot be read: {err.strerror}") from err
+        raise ConfigError("model.pretrained", shown, f"a weights file this user can read ({err.strerror})") from err
     try:
         return load_file(path, device="cpu")
     except (SafetensorError, ValueError, OSError):
@@ -89,7 +89,7 @@ def read_weights(path: Path, shown: str) -> dict[str, torch.Tensor]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise refuse("it holds objects other than tensors and plain data; not loading it") from err
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
+    except Exception as err:  # noqa: BLE001 - pickle's reader fails on other bytes with any error (KeyError, ...)
         raise refuse(f"this file is neither ({one_line(err)[:160]})") from err
     for wrapper in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
@@ -118,6 +118,10 @@ def load_pretrained(model: nn.Module, path: Path, cfg) -> None:
     """Load the file's weights into ``model``; refuse (one line) the first key that does not fit, except the head."""
     shown = str(cfg.pretrained)
     theirs = read_weights(path, shown)
+
+    def misfit(why: str) -> ConfigError:
+        return ConfigError("model.pretrained", shown, f"weights that fit model.name={cfg.name}: {why}")
+
     ours = model.state_dict()
     head = head_keys(model)
     skipped = []
@@ -126,18 +130,15 @@ def load_pretrained(model: nn.Module, path: Path, cfg) -> None:
             if key in head:
                 skipped.append(key)
             elif not key.endswith(OPTIONAL_KEYS):
-                raise UserError(f"model.pretrained={shown} does not fit model.name={cfg.name}: it has no {key} "
-                                f"(the model's is {_shape(mine)})")
+                raise misfit(f"the file has no {key} (the model's is {_shape(mine)})")
         elif theirs[key].shape != mine.shape:
             if key not in head:
-                raise UserError(f"model.pretrained={shown} does not fit model.name={cfg.name}: {key} is "
-                                f"{_shape(theirs[key])} there but {_shape(mine)} here")
+                raise misfit(f"{key} is {_shape(theirs[key])} there but {_shape(mine)} here")
             skipped.append(key)
     extra = [k for k in theirs if k not in ours]
     if extra:
-        raise UserError(f"model.pretrained={shown} does not fit model.name={cfg.name}: it has {extra[0]} "
-                        f"({_shape(theirs[extra[0]])}), which the model has not" +
-                        (f" (and {len(extra) - 1} more keys)" if len(extra) > 1 else ""))
+        more = f" (and {len(extra) - 1} more keys)" if len(extra) > 1 else ""
+        raise misfit(f"the file has {extra[0]} ({_shape(theirs[extra[0]])}), which the model has not{more}")
     model.load_state_dict({k: ours[k] if k in skipped or k not in theirs else theirs[k] for k in ours})
     loaded = sum(1 for k in ours if k in theirs and k not in skipped)
     log.info(f"model.pretrained: {loaded} tensors from {shown}" +
