@@ -21,7 +21,7 @@ from omegaconf.nodes import BooleanNode
 from mpl_runner.checks import SEEDS, count, get, one_of, positive
 from mpl_runner.errors import ConfigError, UserError
 from mpl_runner.methods.optim import check_optimizer
-from mpl_runner.registry import entries, entry_of
+from mpl_runner.registry import entry_of
 
 GROUPS = ("dataset", "model", "method")
 #: how a user picks the option of a config key (``student_model`` is set by Hydra's group@package syntax)
@@ -57,12 +57,14 @@ def validate_names(cfg) -> None:
     ``name`` is that option's: another name would make the run read keys that option does not have. (An option
     whose ``name`` says something else, ``model=timm``'s architecture, checks it itself.)"""
     for key, group in option_keys(cfg):
-        node, registered = cfg[key], entries(group)
+        node = cfg[key]
         try:
             option = entry_of(group, node)
         except LookupError:
-            raise ConfigError(key, OmegaConf.to_container(node), f"an option of {group}: "
-                              f"{', '.join(sorted(registered))}") from None
+            value = OmegaConf.to_container(node) if isinstance(node, DictConfig) else node
+            allowed = f"an option of {group}, chosen with {CHOOSE[key]}<option>" + (
+                " (or null: the same model as the teacher)" if key == "student_model" else "")
+            raise ConfigError(key, value, allowed) from None
         if option.fixed_name and node.name != option.name:
             raise ConfigError(f"{key}.name", node.name,
                               f"{option.name} (choose another {group} with {CHOOSE[key]}<option>, not with its name)")

@@ -155,6 +155,10 @@ def check(cfg) -> None:
         close = difflib.get_close_matches(str(name), timm.list_models(), n=3, cutoff=0.6)
         hint = f"did you mean {', '.join(close)}? " if close else ""
         raise ConfigError("model.name", name, f"a timm architecture: {hint}(timm.list_models() lists them)")
+    try:
+        get_pretrained_cfg(name)
+    except RuntimeError as err:  # (an architecture with a tag it does not have: resnet18.bogus)
+        raise ConfigError("model.name", name, f"a timm architecture, with a tag it has: {err}") from None
     fraction(cfg, "model.drop_rate")
     if not isinstance(cfg.model.kwargs, DictConfig):
         raise ConfigError("model.kwargs", cfg.model.kwargs, "a mapping of timm.create_model arguments, e.g. {}")
@@ -171,7 +175,8 @@ def check(cfg) -> None:
 
 def unfit(cfg, input_shape: tuple[int, ...]) -> tuple[str, str] | None:
     """Images only; the architecture must take them (channels, size): built and run on the meta device, where it
-    costs neither memory nor time."""
+    costs neither memory nor time. (Where the meta device itself fails, an op without a meta kernel, building the
+    real model will say what is wrong.)"""
     dataset = cfg.dataset.name
     if len(input_shape) != 3:
         return "model", f"mlp for dataset={dataset} (inputs of shape {input_shape}, not images)"
@@ -179,18 +184,21 @@ def unfit(cfg, input_shape: tuple[int, ...]) -> tuple[str, str] | None:
     try:
         with torch.device("meta"):
             model = create(cfg.model, input_shape, 2)
-    except TypeError as err:  # an argument the architecture does not take
-        key = "model.kwargs" if cfg.model.kwargs else "model.name"
-        return key, f"arguments {cfg.model.name} takes: {one_line(err)[:200]}"
-    except Exception as err:  # noqa: BLE001 - whatever timm's constructor says of these arguments
-        return "model.name", f"an architecture that takes {shown} images: {one_line(err)[:200]}"
-    try:
         with torch.no_grad():
             model.eval()(torch.empty(2, *input_shape, device="meta"))
-    except Exception as err:  # noqa: BLE001 - a size or channel mismatch; an op without a meta kernel is not one
-        if "meta" not in str(err).lower():
-            return "model.name", f"an architecture that takes {shown} images ({dataset}): {one_line(err)[:200]}"
+    except TypeError as err:  # an argument the architecture does not take
+        if cfg.model.kwargs and "argument" in str(err):
+            return "model.kwargs", f"arguments {cfg.model.name} takes: {one_line(err)[:200]}"
+        return _refusal(err, shown, dataset)
+    except Exception as err:  # noqa: BLE001 - whatever timm says of these arguments, or torch of these images
+        return _refusal(err, shown, dataset)
     return None
+
+
+def _refusal(err: Exception, shown: str, dataset: str) -> tuple[str, str] | None:
+    if "meta" in str(err).lower():
+        return None
+    return "model.name", f"an architecture that takes {shown} images ({dataset}): {one_line(err)[:200]}"
 
 
 register("model", "timm", TimmConfig, build, check=check, unfit=unfit, fixed_name=False)
