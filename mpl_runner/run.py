@@ -33,7 +33,7 @@ from mpl_runner.figures import confusion_figure, save_png
 from mpl_runner.files import atomic_write_json
 from mpl_runner.logging import Tracker, flatten
 from mpl_runner.methods import Method, build_method
-from mpl_runner.models import build_model, count_parameters, model_config
+from mpl_runner.models import build_model, count_parameters, model_key
 from mpl_runner.provenance import provenance
 from mpl_runner.signals import Interrupted, StopSignals
 from mpl_runner.validate import config_warnings, renamed, validate, validate_world
@@ -129,9 +129,9 @@ def _execute(cfg: DictConfig, run_dir: Path, world: World) -> Trained:
     memory_format = torch.channels_last if cfg.trainer.channels_last else torch.preserve_format
 
     def make_model(role: str):  # (MPL's student: student_model where that is set)
-        node = model_config(cfg, role)
-        with renamed("student_model" if node is not cfg.model else "model"):  # (a weights file that does not fit)
-            model = build_model(node, data.input_shape, data.num_classes)
+        key = model_key(cfg, role)
+        with renamed(key):  # (a weights file that does not fit: model.pretrained or student_model.pretrained)
+            model = build_model(cfg[key], data.input_shape, data.num_classes)
         return model.to(device, memory_format=memory_format)
 
     method = build_method(cfg.method, cfg.optim, cfg.trainer.steps, make_model)

@@ -3,13 +3,14 @@ a user gets wrong. Each case is either accepted (a value the key allows) or ends
 status 2, one stderr line ``mpl-run: error: `` that names the key, no traceback, and nothing left behind.
 
 The table walks the config ``mpl-run`` composes for two moons (MLP, MPL), digits (small CNN), CIFAR-10
-(WideResNet, on a fake data set) and CIFAR-10 with a timm model, one case list per schema field (``dataset.num_labeled`` is a field of each data
-set's schema): a value of the wrong type, out-of-range values (negative, huge, nan, inf), ``null``, an empty value
-(``key=`` and ``key=''``), ``???``, an interpolation that does not resolve, and for ``<group>.name`` another
-option's name. Accepted are ``null`` where the schema says Optional and a huge count where :data:`HUGE_OK` says
-why; everything else is refused. Config groups get null, empty, a number and an unknown name; ``dataset.root``,
-``trainer.resume`` and ``hydra.run.dir`` a file, a missing path, an unreadable and an unwritable one: for real
-where permissions stop this user, simulated (:func:`as_if_mode`) for root, whom they do not stop.
+(WideResNet, on a fake data set) and CIFAR-10 with a timm model, one case list per schema field
+(``dataset.num_labeled`` is a field of each data set's schema; the root's ``student_model`` is null): a value of
+the wrong type, out-of-range values (negative, huge, nan, inf), ``null``, an empty value (``key=`` and ``key=''``),
+``???``, an interpolation that does not resolve, and for ``<group>.name`` another option's name. Accepted are
+``null`` where the schema says Optional (or Any) and a huge count where :data:`HUGE_OK` says why; everything else
+is refused. Config groups get null, empty, a number and an unknown name; ``dataset.root``, ``trainer.resume`` and
+``hydra.run.dir`` a file, a missing path, an unreadable and an unwritable one: for real where permissions stop this
+user, simulated (:func:`as_if_mode`) for root, whom they do not stop.
 
 Size and speed: the table runs 1222 cases (115 schema fields, 96 keys) in about 20 s; with the groups (35), paths
 (18), files and the rest (9) the module runs 1284 tests in about 35 s. Accepted values are not trained. A value is

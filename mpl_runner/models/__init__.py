@@ -16,12 +16,15 @@ def build_model(cfg, input_shape: tuple[int, ...], num_classes: int) -> nn.Modul
     return entry_of("model", cfg).build(cfg, input_shape, num_classes)
 
 
-def model_config(cfg, role: str):
-    """The model node of the method's model ``role`` (a name in ``Method.models``): MPL's student (and its EMA) is
+def model_key(cfg, role: str) -> str:
+    """The config key of the method's model ``role`` (a name in ``Method.models``): MPL's student (and its EMA) is
     ``student_model`` where that is set; every other model is ``model``."""
-    if role.startswith("student") and cfg.get("student_model") is not None:
-        return cfg.student_model
-    return cfg.model
+    return "student_model" if role.startswith("student") and cfg.get("student_model") is not None else "model"
+
+
+def model_config(cfg, role: str):
+    """The model node of the method's model ``role`` (see :func:`model_key`)."""
+    return cfg[model_key(cfg, role)]
 
 
 def handed_out_model_config(cfg, method):

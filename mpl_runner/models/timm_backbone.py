@@ -56,8 +56,9 @@ def create(cfg, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     kwargs = OmegaConf.to_container(cfg.kwargs) if isinstance(cfg.kwargs, DictConfig) else dict(cfg.kwargs)
     if _fixed_input_size(cfg.name) and "img_size" not in kwargs:
         kwargs["img_size"] = tuple(input_shape[1:])
-    return timm.create_model(cfg.name, pretrained=False, num_classes=num_classes, in_chans=input_shape[0],
-                             drop_rate=cfg.drop_rate, **kwargs)
+    if cfg.drop_rate:  # (0 is timm's default, also for the few architectures that take no drop_rate)
+        kwargs["drop_rate"] = cfg.drop_rate
+    return timm.create_model(cfg.name, pretrained=False, num_classes=num_classes, in_chans=input_shape[0], **kwargs)
 
 
 def build(cfg, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
@@ -187,6 +188,8 @@ def unfit(cfg, input_shape: tuple[int, ...]) -> tuple[str, str] | None:
         with torch.no_grad():
             model.eval()(torch.empty(2, *input_shape, device="meta"))
     except TypeError as err:  # an argument the architecture does not take
+        if "drop_rate" in str(err):
+            return "model.drop_rate", f"0 for {cfg.model.name}, which takes no drop_rate"
         if cfg.model.kwargs and "argument" in str(err):
             return "model.kwargs", f"arguments {cfg.model.name} takes: {one_line(err)[:200]}"
         return _refusal(err, shown, dataset)
