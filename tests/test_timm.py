@@ -17,7 +17,7 @@ from conftest import cli_in_process
 from mpl_runner import checkpoint
 from mpl_runner.errors import ConfigError
 from mpl_runner.methods.mpl import frozen_batchnorm_stats
-from mpl_runner.models import build_model, handed_out_model_config
+from mpl_runner.models import build_model, handed_out_model_config, model_node
 from mpl_runner.validate import validate
 from test_bad_inputs import tree
 from test_cifar10_data import write_fake_cifar10
@@ -103,6 +103,20 @@ def test_the_student_gets_its_own_model_and_is_handed_out(make_cfg):
     assert handed_out_model_config(cfg, "teacher") is cfg.model
     plain = make_cfg("dataset=digits", "model=small_cnn")
     assert plain.student_model is None and handed_out_model_config(plain, "student") is plain.model
+
+
+def test_a_model_node_is_rebuilt_from_its_option_and_values(make_cfg):
+    """What an export records of the handed-out model (its option, its values) builds the same model."""
+    from mpl_runner.registry import entry_of
+
+    cfg = make_cfg("dataset=digits", "model=small_cnn", "model@student_model=timm", "student_model.name=test_resnet")
+    for node in (cfg.model, cfg.student_model):
+        rebuilt = model_node(entry_of("model", node).name, OmegaConf.to_container(node))
+        torch.manual_seed(0)
+        first = build_model(node, (1, 8, 8), 10).state_dict()
+        torch.manual_seed(0)
+        again = build_model(rebuilt, (1, 8, 8), 10).state_dict()
+        assert first.keys() == again.keys() and all(torch.equal(first[k], again[k]) for k in first)
 
 
 @pytest.mark.parametrize("overrides,key", [

@@ -27,6 +27,16 @@ def model_config(cfg, role: str):
     return cfg[model_key(cfg, role)]
 
 
+def model_node(option: str, values: dict):
+    """A model node rebuilt from what a record keeps of it: its option's registered name (``entry_of("model",
+    node).name``: "timm", "small_cnn", ...) and its values (``OmegaConf.to_container(node)``); build_model takes it."""
+    from omegaconf import OmegaConf
+
+    from mpl_runner.registry import entry
+
+    return OmegaConf.merge(OmegaConf.structured(entry("model", option).schema), values)
+
+
 def handed_out_model_config(cfg, method):
     """The model node of the model ``method`` hands out (a built :class:`~mpl_runner.methods.Method`, or its
     ``handed_out`` name): MPL's student's (``student_model`` where set), else ``cfg.model``."""
