@@ -12,7 +12,7 @@ class UserError(Exception):
 
 class ConfigError(UserError):
     def __init__(self, key: str, value: object, allowed: str):
-        self.key = key
+        self.key, self.value, self.allowed = key, value, allowed
         super().__init__(f"{key}={value!r} is not allowed: {allowed}")
 
 

@@ -33,10 +33,10 @@ from mpl_runner.figures import confusion_figure, save_png
 from mpl_runner.files import atomic_write_json
 from mpl_runner.logging import Tracker, flatten
 from mpl_runner.methods import Method, build_method
-from mpl_runner.models import build_model, count_parameters
+from mpl_runner.models import build_model, count_parameters, model_key
 from mpl_runner.provenance import provenance
 from mpl_runner.signals import Interrupted, StopSignals
-from mpl_runner.validate import config_warnings, validate, validate_world
+from mpl_runner.validate import config_warnings, renamed, validate, validate_world
 
 log = logging.getLogger("mpl_runner")
 
@@ -128,8 +128,11 @@ def _execute(cfg: DictConfig, run_dir: Path, world: World) -> Trained:
     data = build_dataset(cfg.dataset, device)
     memory_format = torch.channels_last if cfg.trainer.channels_last else torch.preserve_format
 
-    def make_model():
-        return build_model(cfg.model, data.input_shape, data.num_classes).to(device, memory_format=memory_format)
+    def make_model(role: str):  # (MPL's student: student_model where that is set)
+        key = model_key(cfg, role)
+        with renamed(key):  # (a weights file that does not fit: model.pretrained or student_model.pretrained)
+            model = build_model(cfg[key], data.input_shape, data.num_classes)
+        return model.to(device, memory_format=memory_format)
 
     method = build_method(cfg.method, cfg.optim, cfg.trainer.steps, make_model)
     if data.info.get("unlabeled_images") == 0 and any(p.views == "ssl" for p in method.phases()):
@@ -245,11 +248,12 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
 def hparams_leading(cfg: DictConfig) -> set[str]:
     """The flattened config keys this command set (in a sweep: the swept ones, as the sweep dir's ``multirun.yaml``
     or the search space says), which TensorBoard's HParams lists first; keys that only say where and how a run
-    computes (:data:`checkpoint.FREE_KEYS`) aside. A group override names the group's ``name`` key."""
+    computes (:data:`checkpoint.FREE_KEYS`) aside. A group override names the group's ``name`` key (of its package:
+    ``model@student_model=...``, ``student_model.name``)."""
     if not HydraConfig.initialized():
         return set()
     hydra_cfg = HydraConfig.get()
-    keys = [o.split("=", 1)[0].lstrip("+~") for o in hydra_cfg.overrides.task]
+    keys = [o.split("=", 1)[0].lstrip("+~").split("@")[-1] for o in hydra_cfg.overrides.task]
     if hydra_cfg.mode == RunMode.MULTIRUN:
         swept = set((hydra_cfg.sweeper.get("params") or {}).keys())
         try:
