@@ -33,7 +33,7 @@ from mpl_runner.figures import confusion_figure, save_png
 from mpl_runner.files import atomic_write_json
 from mpl_runner.logging import Tracker, flatten
 from mpl_runner.methods import Method, build_method
-from mpl_runner.models import build_model, count_parameters, model_key
+from mpl_runner.models import build_model, count_parameters, handed_out_model_config, model_key
 from mpl_runner.provenance import provenance
 from mpl_runner.signals import Interrupted, StopSignals
 from mpl_runner.validate import config_warnings, renamed, validate, validate_world
@@ -233,11 +233,6 @@ def _execute(cfg: DictConfig, run_dir: Path, world: World) -> Trained:
 def _headline(metrics: dict) -> str:
     """The handed-out model's accuracies for the console: ``val/acc 93.10%, test/acc 92.85%``."""
     return ", ".join(f"{k} {100 * metrics[k]:.2f}%" for k in ("val/acc", "test/acc") if k in metrics)
-
-
-def handed_out_model_config(cfg: DictConfig, method: Method) -> DictConfig:
-    """The config of the model ``method`` hands out (written into ``model.json``)."""
-    return cfg.model  # TODO(issue 18, item 2): the student's model config when method.student_model is set
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
 from conftest import cli_in_process
-from mpl_runner import checkpoint
+from mpl_runner import checkpoint, model_file
 from mpl_runner.errors import ConfigError
 from mpl_runner.methods.mpl import frozen_batchnorm_stats
 from mpl_runner.models import build_model, handed_out_model_config, model_node
@@ -67,6 +67,10 @@ def test_a_timm_teacher_and_a_small_cnn_student_train_through_the_cli(cifar_root
     assert teacher["fc.weight"].shape == (10, 96)  # test_resnet's head, for the 10 classes
     assert student["0.0.weight"].shape == (8, 3, 3, 3) and student["8.weight"].shape == (10, 16)  # small_cnn [8, 16]
     assert state["config"]["student_model.name"] == "small_cnn" and state["config"]["model.name"] == "test_resnet"
+    # The handed-out model is the student's: model.json rebuilds it as a small_cnn, without Hydra or the run's config.
+    model, meta = model_file.load_model(run_dir)
+    assert meta["model_option"] == "small_cnn" and meta["model"]["widths"] == [8, 16]
+    assert torch.equal(model.state_dict()["8.weight"], student["8.weight"])
 
     # The same command goes on from (here: has finished) its checkpoint; another student is refused.
     status, out, err = cli_in_process([*args, f"trainer.resume={run_dir}"], tmp_path, monkeypatch, capsys)
