@@ -22,10 +22,11 @@ from mpl_runner import checkpoint, distributed, run_dirs
 from mpl_runner import run as training
 from mpl_runner.cli_errors import one_line_error
 from mpl_runner.distributed import world_from_env
-from mpl_runner.errors import ConfigError, JobFailed, UserError, one_line
+from mpl_runner.errors import ConfigError, JobFailed, Refused, UserError, one_line
 from mpl_runner.files import atomic_write_json, write_error
 from mpl_runner.resolvers import require_validation_split
 from mpl_runner.signals import Interrupted
+from mpl_runner.sweep import take_dry_run_flag
 from mpl_runner.validate import validate_overrides
 
 log = logging.getLogger("mpl_runner")
@@ -82,6 +83,12 @@ def hydra_main(cfg: DictConfig) -> float:
         if err.handover is not None:  # submitit's handler (requeues the job, then exits): the run is saved now
             err.handover(err.signum, None)
         sys.exit(128 + err.signum)
+    except run_dirs.RunDirGone as err:
+        if hydra_cfg.mode == RunMode.RUN:  # a fault, not a user mistake: exit status 1
+            if world.is_main:
+                print(f"mpl-run: error: {err}", file=sys.stderr)
+            sys.exit(1)
+        raise JobFailed(f"job {hydra_cfg.job.num} ({run_dir}) failed: {err}") from err
     except Exception as err:
         if hydra_cfg.mode != RunMode.RUN:
             # A multirun goes on with the other jobs; this one is marked failed with its error (by rank 0), unless
@@ -114,10 +121,13 @@ def cli() -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"
     distributed.start(world_from_env())  # under torchrun: join the process group before Hydra names the run dir
     try:
+        sys.argv[1:] = take_dry_run_flag(sys.argv[1:])
         refuse_empty_output_dir(sys.argv[1:])
         hydra_main()
     except JobFailed as err:  # a multirun job crashed: the first such error, in one line
         exit_with_error(str(err))
+    except Refused as err:  # (refused by a Hydra callback, before Hydra wrote anything)
+        exit_with_error(str(err.args[0]))
     except Exception as err:  # noqa: BLE001 - anything not a user mistake is re-raised below
         message = one_line_error(err)
         if message is None:

@@ -174,6 +174,7 @@ def _execute(cfg: DictConfig, run_dir: Path, world: World) -> Trained:
     def save(step: int, loop: dict) -> None:
         nonlocal last_checkpoint
         if write:
+            run_dirs.require_usable(run_dir)  # (a checkpoint would make a deleted run dir again)
             tracker.flush()  # what was logged before this step is on disk before the checkpoint says it is done
             checkpoint.save(checkpoint_path, step, cfg, method, loop)
         last_checkpoint = step
@@ -198,9 +199,15 @@ def _execute(cfg: DictConfig, run_dir: Path, world: World) -> Trained:
             tracker.hparams(cfg, metrics, steps, leading=hparams_leading(cfg), extra=origin)
             stop.check(steps)
         except BaseException as err:
+            try:
+                if write:
+                    run_dirs.require_usable(run_dir)
+            except run_dirs.RunDirGone as gone:  # (no record that points at files that are gone)
+                raise gone from err
             if write:
                 try:
-                    atomic_write_json(run_dir / "metrics.json", {**failure_record(err, last_checkpoint), **origin})
+                    kept = last_checkpoint if checkpoint_path.is_file() else None
+                    atomic_write_json(run_dir / "metrics.json", {**failure_record(err, kept), **origin})
                 except (OSError, UserError) as record_err:  # (a full disk refuses the record too: report `err`)
                     log.warning(f"metrics.json does not record this failure: {record_err}")
             raise
@@ -211,6 +218,7 @@ def _execute(cfg: DictConfig, run_dir: Path, world: World) -> Trained:
         if world.distributed:
             record["world_size"] = world.size
         if write:
+            run_dirs.require_usable(run_dir)
             atomic_write_json(run_dir / "metrics.json", record)
         if stop.received is not None:  # (while the record was written: the run is complete)
             raise stop.interrupted(steps, completed=True)
