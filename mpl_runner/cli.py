@@ -16,9 +16,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from mpl_runner import checkpoint, distributed, run_dirs
+from mpl_runner.run_dirs import hydra_quote
 from mpl_runner import run as training
 from mpl_runner.cli_errors import one_line_error
 from mpl_runner.distributed import world_from_env
@@ -33,15 +34,31 @@ log = logging.getLogger("mpl_runner")
 
 
 def resume_hint(run_dir: Path, mode: RunMode) -> str:
-    """The command that goes on from ``run_dir``'s checkpoint."""
+    """The command that goes on from ``run_dir``'s checkpoint, quoted for Hydra and the shell; in a multirun, the
+    command that resumes the sweep (the sweep's own overrides, from its ``multirun.yaml``, in its sweep dir: each
+    job goes on from its checkpoint, finished ones are skipped)."""
     hydra_cfg = HydraConfig.get()
-    overrides = [o for o in hydra_cfg.overrides.task if not o.startswith("trainer.resume=")]
     world = world_from_env()
     program = ["torchrun", f"--nproc_per_node={world.size}", "-m", "mpl_runner"] if world.distributed else ["mpl-run"]
-    command = shlex.join([*program, *overrides, f"trainer.resume={run_dir}"])
     if mode == RunMode.MULTIRUN:
-        return f"{command} (this job alone), or rerun the sweep with hydra.sweep.dir={hydra_cfg.sweep.dir}"
+        sweep = sweep_overrides(Path(hydra_cfg.sweep.dir))
+        if sweep is not None:
+            return shlex.join([*program, "-m", *sweep, f"hydra.sweep.dir={hydra_quote(hydra_cfg.sweep.dir)}"])
+    overrides = [o for o in hydra_cfg.overrides.task if not o.startswith("trainer.resume=")]
+    command = shlex.join([*program, *overrides, f"trainer.resume={hydra_quote(run_dir)}"])
+    if mode == RunMode.MULTIRUN:  # (no multirun.yaml to read the sweep from)
+        return f"{command} (this job alone)"
     return command
+
+
+def sweep_overrides(sweep_dir: Path) -> list[str] | None:
+    """The overrides a sweep was started with (Hydra's and the task's, as typed), but its mode and sweep dir."""
+    try:
+        overrides = OmegaConf.load(sweep_dir / "multirun.yaml").hydra.overrides
+        lines = [*overrides.hydra, *overrides.task]
+    except Exception:  # noqa: BLE001 - unreadable: the hint falls back to the job alone
+        return None
+    return [o for o in lines if o.split("=", 1)[0] not in ("hydra.mode", "hydra.sweep.dir")]
 
 
 #: what ``mpl-run`` returns to Hydra, so what searches optimise: never a test number

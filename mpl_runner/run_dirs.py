@@ -19,6 +19,8 @@ import contextlib
 import errno
 import fcntl
 import os
+import re
+import shlex
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -38,6 +40,20 @@ RECORD = Path(".hydra") / "config.yaml"
 #: the files Hydra writes into a job's record dir (``hydra.output_subdir``)
 RECORD_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")
 LOCK_NAME = ".lock"
+
+
+#: what Hydra's override grammar takes unquoted in a value (a path): anything else is quoted
+_PLAIN = re.compile(r"[\w./@%+-]*", re.ASCII)
+
+
+def hydra_quote(value) -> str:
+    """``value`` as Hydra's override grammar reads it back as it is: quoted where it holds ``=``, ``,``, spaces,
+    ``~`` or anything else the grammar gives a meaning."""
+    text = str(value)
+    if _PLAIN.fullmatch(text) and not text.startswith("~"):
+        return text
+    # (inside quotes the grammar takes a backslash as it is, but before a quote or at the end, where it is doubled)
+    return "'" + re.sub(r"(\\*)('|$)", lambda m: m[1] * 2 + ("\\'" if m[2] else ""), text) + "'"
 
 
 def is_run_dir(path: Path) -> bool:
@@ -70,7 +86,7 @@ def resume_dir(resume: str | None, new_dir: str) -> str:
     else:
         problem = f"{where} holds no {CHECKPOINT} and no {RECORD}"
     parent = next((p for p in where.parents if is_run_dir(p)), None)
-    hint = f": trainer.resume={parent}" if parent is not None else ""
+    hint = f": {shlex.quote(f'trainer.resume={hydra_quote(parent)}')}" if parent is not None else ""
     raise ConfigError("trainer.resume", resume, f"a run dir of mpl-run (the folder that holds checkpoints/{hint}); "
                                                 f"{problem}")
 
