@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shlex
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -19,7 +18,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from mpl_runner import checkpoint, distributed, run_dirs
-from mpl_runner.run_dirs import hydra_quote
+from mpl_runner.run_dirs import hydra_quote, shell_word
 from mpl_runner import run as training
 from mpl_runner.cli_errors import one_line_error
 from mpl_runner.distributed import world_from_env
@@ -43,9 +42,10 @@ def resume_hint(run_dir: Path, mode: RunMode) -> str:
     if mode == RunMode.MULTIRUN:
         sweep = sweep_overrides(Path(hydra_cfg.sweep.dir))
         if sweep is not None:
-            return shlex.join([*program, "-m", *sweep, f"hydra.sweep.dir={hydra_quote(hydra_cfg.sweep.dir)}"])
+            return " ".join(map(shell_word, [*program, "-m", *sweep,
+                                             f"hydra.sweep.dir={hydra_quote(hydra_cfg.sweep.dir)}"]))
     overrides = [o for o in hydra_cfg.overrides.task if not o.startswith("trainer.resume=")]
-    command = shlex.join([*program, *overrides, f"trainer.resume={hydra_quote(run_dir)}"])
+    command = " ".join(map(shell_word, [*program, *overrides, f"trainer.resume={hydra_quote(run_dir)}"]))
     if mode == RunMode.MULTIRUN:  # (no multirun.yaml to read the sweep from)
         return f"{command} (this job alone)"
     return command

@@ -56,6 +56,14 @@ def hydra_quote(value) -> str:
     return "'" + re.sub(r"(\\*)('|$)", lambda m: m[1] * 2 + ("\\'" if m[2] else ""), text) + "'"
 
 
+def shell_word(word: str) -> str:
+    """``word`` quoted for the shell: as it is where it can be, in double quotes where they suffice (a Hydra-quoted
+    value reads better so), else as :func:`shlex.quote` does."""
+    if shlex.quote(word) == word or re.search(r'["$`\\!]', word):
+        return shlex.quote(word)
+    return f'"{word}"'
+
+
 def is_run_dir(path: Path) -> bool:
     return (path / RECORD).is_file() or (path / CHECKPOINT).is_file()
 
@@ -86,7 +94,7 @@ def resume_dir(resume: str | None, new_dir: str) -> str:
     else:
         problem = f"{where} holds no {CHECKPOINT} and no {RECORD}"
     parent = next((p for p in where.parents if is_run_dir(p)), None)
-    hint = f": {shlex.quote(f'trainer.resume={hydra_quote(parent)}')}" if parent is not None else ""
+    hint = f": {shell_word(f'trainer.resume={hydra_quote(parent)}')}" if parent is not None else ""
     raise ConfigError("trainer.resume", resume, f"a run dir of mpl-run (the folder that holds checkpoints/{hint}); "
                                                 f"{problem}")
 

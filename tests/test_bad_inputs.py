@@ -236,6 +236,19 @@ CASES = {
                              "hydra.launcher.timeout_min=0 is not allowed: the minutes a job may run, >= 1"),
     "an interval without a search": (sweep("optim.lr=interval(0.01, 0.1)"),
                                      "optim.lr=interval(0.01, 0.1): interval(a, b) is a search range, for a search"),
+    "a preset for another method": (config("experiment=digits_mpl", "method=supervised"),
+                                     "experiment=digits_mpl sets method.variant, a key that SupervisedConfig (the "
+                                     "method chosen) does not have: the preset is made for another method; leave "
+                                     "method=... out"),
+    "a path that is not ASCII": (config("dataset.root=/data/é"), "cannot read the override 'dataset.root=/data/é': "
+                                 "its value holds characters other than ASCII; if it is text or a path, quote it for "
+                                 "Hydra and the shell: \"dataset.root='/data/é'\""),
+    "a path with parentheses": (config("dataset.root=/data/a(b)"), "quote it for Hydra and the shell: "
+                                                                   "\"dataset.root='/data/a(b)'\""),
+    "a path with ~": (config("dataset.root=~/data"), "~ is not expanded in an override; write the path out, e.g. "
+                                                     "dataset.root=$HOME/data (the shell expands $HOME)"),
+    "a sweep list ending with a comma": (sweep("seed=0,1,"), "a sweep list ends with a comma; leave the last one out: "
+                                                             "seed=0,1"),
 }
 
 

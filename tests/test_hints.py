@@ -6,11 +6,13 @@ job dirs are (``0_seed=0,trainer.steps=30``). ``mpl-run`` runs in-process."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import shutil
 import signal
 
+import pytest
 from conftest import TINY, cli_in_process, job_dirs
 from mpl_runner.logging import Tracker
 from test_bad_inputs import finished  # noqa: F401 - the fixture
@@ -65,7 +67,7 @@ def test_the_resume_line_of_a_sweep_job_pasted_resumes_the_sweep(tmp_path, monke
                                   capsys)
     assert code == 128 + signal.SIGTERM and fallback == [], err
     hint = err.strip().splitlines()[-1].split("Resume with: ")[1]
-    assert hint == shlex.join(["mpl-run", "-m", "seed=0,1", *ARGS, f"hydra.sweep.dir={sweep}"])
+    assert shlex.split(hint) == ["mpl-run", "-m", "seed=0,1", *ARGS, f"hydra.sweep.dir={sweep}"]
     assert [j.name.split("_")[0] for j in job_dirs(sweep)] == ["0"]  # (the sweep stopped with its first job)
     monkeypatch.undo()
     code, _, err = cli_in_process(pasted(hint), tmp_path, monkeypatch, capsys)
@@ -84,3 +86,16 @@ def test_the_run_dir_a_refused_resume_target_points_at_pasted_resumes_it(tmp_pat
     code, _, err = cli_in_process([*ARGS, *shlex.split(hint)], tmp_path, monkeypatch, capsys)
     assert code == 0, err
     assert "already finished" in (run_dir / "run.log").read_text()
+
+
+@pytest.mark.parametrize("override", ["hydra.run.dir=runé", "hydra.run.dir=run(1)", "hydra.run.dir=~/run",
+                                      "hydra.run.dir=run[1]"])
+def test_the_override_an_unreadable_one_is_told_to_be_pasted_reads(override, tmp_path, monkeypatch, capsys):
+    code, _, err = cli_in_process(["--dry-run", override], tmp_path, monkeypatch, capsys)
+    assert code == 2 and ("quote it for Hydra and the shell: " in err or "write the path out, e.g. " in err), err
+    hint = err.split("quote it for Hydra and the shell: ")[-1].split("write the path out, e.g. ")[-1]
+    hint = hint.split(" (the shell expands $HOME)")[0].strip()
+    words = shlex.split(os.path.expandvars(hint.replace("$HOME", str(tmp_path))))
+    code, out, err = cli_in_process([*TINY, *words, "--dry-run"], tmp_path, monkeypatch, capsys)
+    assert code == 0, err
+    assert f"-> {override.split('=', 1)[1].replace('~', str(tmp_path))}\n" in out and list(tmp_path.iterdir()) == []
