@@ -30,6 +30,9 @@ def one_line_error(err: BaseException) -> str | None:
         if isinstance(cause, UserError):
             return str(cause)
         cause = cause.__cause__ or (cause.__context__ if isinstance(cause, OmegaConfBaseException) else None)
+    broken = _yaml_error(err)
+    if broken is not None:  # (a YAML file under --config-dir / conf/ that does not parse)
+        return broken
     if isinstance(err, MissingConfigException) and err.missing_cfg_file:
         group, _, name = err.missing_cfg_file.rpartition("/")
         options = [o for o in (err.options or []) if listed_option(o)]  # (no schema_*, no *_common)
@@ -81,6 +84,21 @@ def _parse_error(err: OverrideParseException) -> str:
             "characters Hydra's override grammar gives a meaning (brackets, parentheses, braces, = , quotes)")
     return (f"cannot read the override {line!r}: its value holds {what}; if it is text or a path, quote it for Hydra "
             f"and the shell: {shell_word(f'{key}={hydra_quote(value)}')}")
+
+
+def _yaml_error(err: BaseException) -> str | None:
+    """A config file that is not valid YAML: the file, line and column, and what the parser found there."""
+    import yaml
+
+    seen = err
+    while seen is not None and not isinstance(seen, yaml.YAMLError):
+        seen = seen.__cause__ or seen.__context__
+    if seen is None:
+        return None
+    mark = getattr(seen, "problem_mark", None)
+    where = f"{mark.name}, line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "a config file"
+    problem = " ".join(filter(None, (getattr(seen, "context", None), getattr(seen, "problem", None)))) or str(seen)
+    return f"{where}: not valid YAML: {' '.join(problem.split())}"
 
 
 def _group_value(err: BaseException) -> str | None:

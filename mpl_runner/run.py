@@ -176,7 +176,8 @@ def _execute(cfg: DictConfig, run_dir: Path, world: World) -> Trained:
         if write:
             run_dirs.require_usable(run_dir)  # (a checkpoint would make a deleted run dir again)
             tracker.flush()  # what was logged before this step is on disk before the checkpoint says it is done
-            checkpoint.save(checkpoint_path, step, cfg, method, loop)
+            wall = start.wall_seconds + time.perf_counter() - wall_start  # (summed over attempts, as train_seconds)
+            checkpoint.save(checkpoint_path, step, cfg, method, {**loop, "wall_seconds": wall})
         last_checkpoint = step
 
     steps = cfg.trainer.steps
@@ -194,7 +195,7 @@ def _execute(cfg: DictConfig, run_dir: Path, world: World) -> Trained:
                 tracker.figure(stem, fig, steps)
                 if write:
                     save_png(fig, run_dir / f"{stem}.png")
-            metrics["wall_seconds"] = time.perf_counter() - wall_start
+            metrics["wall_seconds"] = start.wall_seconds + time.perf_counter() - wall_start
             stop.check(steps)
             tracker.hparams(cfg, metrics, steps, leading=hparams_leading(cfg), extra=origin)
             stop.check(steps)

@@ -130,6 +130,12 @@ def sweep_with_users_job(tmp: Path, _finished) -> Path:
     return tmp / "sweep"
 
 
+def broken_yaml(tmp: Path, _finished) -> list[str]:
+    (tmp / "mine" / "experiment").mkdir(parents=True)
+    (tmp / "mine" / "experiment" / "broken.yaml").write_text("foo: [1, 2\nbar: : :\n")
+    return ["--config-dir", str(tmp / "mine"), "experiment=broken", f"hydra.run.dir={tmp / 'run'}"]
+
+
 def sweep(*overrides: str) -> Callable[[Path, Path], list[str]]:
     return lambda tmp, _finished: ["-m", *overrides, f"hydra.sweep.dir={tmp / 'sweep'}"]
 
@@ -247,6 +253,8 @@ CASES = {
                                                                    "\"dataset.root='/data/a(b)'\""),
     "a path with ~": (config("dataset.root=~/data"), "~ is not expanded in an override; write the path out, e.g. "
                                                      "dataset.root=$HOME/data (the shell expands $HOME)"),
+    "a broken YAML under --config-dir": (broken_yaml, "experiment/broken.yaml, line 2, column 4: not valid YAML: "
+                                                      "while parsing a flow sequence expected ',' or ']', but got ':'"),
     "a sweep list ending with a comma": (sweep("seed=0,1,"), "a sweep list ends with a comma; leave the last one out: "
                                                              "seed=0,1"),
 }
