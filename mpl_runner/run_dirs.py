@@ -32,6 +32,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
 from mpl_runner.checkpoint import RELATIVE_PATH as CHECKPOINT
+from mpl_runner.distributed import world_from_env
 from mpl_runner.errors import ConfigError, Refused, UserError
 from mpl_runner.files import FILE_MODE, temp_target
 
@@ -206,7 +207,7 @@ class NoteRunDir(Callback):
 
     def on_run_start(self, config: Any, **kwargs: Any) -> None:
         directory = self._note(config, "hydra.run.dir")
-        if directory is not None:
+        if directory is not None and world_from_env().is_main:  # (under torchrun rank 0 may have made it already)
             refuse(check_run_dir, directory)
         from mpl_runner import sweep
 
