@@ -10,6 +10,7 @@ space's corners the same way (:func:`check_jobs`).
 from __future__ import annotations
 
 import copy
+import re
 import shutil
 import sys
 from collections.abc import Sequence
@@ -96,6 +97,9 @@ def check_job(cfg: DictConfig, overrides: Sequence[str], check_dir: bool = True)
         task = copy.deepcopy(cfg)
         with read_write(task), open_dict(task):
             del task["hydra"]
+            on_cluster = str(cfg.hydra.launcher.get("_target_", "")).endswith("SlurmLauncher")
+            if on_cluster and re.fullmatch(r"cuda(:\d+)?", str(task.device)):
+                task.device = "auto"  # (the jobs run on the cluster's nodes: their CUDA is not this machine's)
         validate(task)
         validate_overrides(task, list(overrides))
         require_validation_split(cfg.hydra.sweeper._target_, task.dataset.get("num_val"))

@@ -226,6 +226,10 @@ CASES = {
         "allowed: 0 to 29"),
     "a bad job last in a sweep": (sweep("trainer.steps=30,0"),
                                   "job 1 (trainer.steps=0) cannot run: trainer.steps=0 is not allowed"),
+    "a bad job, parallel launcher": (sweep("trainer.steps=30,0", "hydra/launcher=local_parallel"),
+                                     "job 1 (trainer.steps=0) cannot run: trainer.steps=0 is not allowed"),
+    "a bad job, submitit launcher": (sweep("trainer.steps=30,0", "hydra/launcher=local_submitit"),
+                                     "job 1 (trainer.steps=0) cannot run: trainer.steps=0 is not allowed"),
     "an unknown option in a sweep": (sweep("method=mpl,foo"), "job 1 (method=foo) cannot run: method=foo is not an "
                                                              "option"),
     "a seed twice": (sweep("seed=0,0", *TINY), "job 1 (seed=0 trainer.steps=30 trainer.eval_interval=10 "
