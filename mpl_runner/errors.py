@@ -23,3 +23,8 @@ class DataError(UserError):
 class JobFailed(Exception):
     """A multirun job that crashed on something other than a user's mistake. The sweep ends with this one line
     (exit status 2); the traceback is in that job's log."""
+
+
+class Refused(BaseException):
+    """A :class:`UserError` (its ``args[0]``) raised where Hydra turns an Exception into a warning (a callback):
+    a BaseException passes through Hydra to ``mpl-run``'s entry point, which prints it as one line."""

@@ -183,8 +183,10 @@ def _execute(cfg: DictConfig, run_dir: Path, world: World) -> Trained:
     def save(step: int, loop: dict) -> None:
         nonlocal last_checkpoint
         if write:
+            run_dirs.require_usable(run_dir)  # (a checkpoint would make a deleted run dir again)
             tracker.flush()  # what was logged before this step is on disk before the checkpoint says it is done
-            checkpoint.save(checkpoint_path, step, cfg, method, loop)
+            wall = start.wall_seconds + time.perf_counter() - wall_start  # (summed over attempts, as train_seconds)
+            checkpoint.save(checkpoint_path, step, cfg, method, {**loop, "wall_seconds": wall})
         last_checkpoint = step
 
     steps = cfg.trainer.steps
@@ -203,14 +205,20 @@ def _execute(cfg: DictConfig, run_dir: Path, world: World) -> Trained:
                 tracker.figure(stem, fig, steps)
                 if write:
                     save_png(fig, run_dir / f"{stem}.png")
-            metrics["wall_seconds"] = time.perf_counter() - wall_start
+            metrics["wall_seconds"] = start.wall_seconds + time.perf_counter() - wall_start
             stop.check(steps)
             tracker.hparams(cfg, metrics, steps, leading=hparams_leading(cfg), extra=origin)
             stop.check(steps)
         except BaseException as err:
+            try:
+                if write:
+                    run_dirs.require_usable(run_dir)
+            except run_dirs.RunDirGone as gone:  # (no record that points at files that are gone)
+                raise gone from err
             if write:
                 try:
-                    atomic_write_json(run_dir / "metrics.json", {**failure_record(err, last_checkpoint), **origin})
+                    kept = last_checkpoint if checkpoint_path.is_file() else None
+                    atomic_write_json(run_dir / "metrics.json", {**failure_record(err, kept), **origin})
                 except (OSError, UserError) as record_err:  # (a full disk refuses the record too: report `err`)
                     log.warning(f"metrics.json does not record this failure: {record_err}")
             raise
@@ -221,6 +229,7 @@ def _execute(cfg: DictConfig, run_dir: Path, world: World) -> Trained:
         if world.distributed:
             record["world_size"] = world.size
         if write:
+            run_dirs.require_usable(run_dir)
             atomic_write_json(run_dir / "metrics.json", record)
             model_file.write_model(run_dir, cfg, handed_out_model_config(cfg, method), method, data, record)
         if stop.received is not None:  # (while the record was written: the run is complete)

@@ -10,6 +10,7 @@ Each failure raises :class:`ConfigError` naming the key, the value and what is a
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from contextlib import contextmanager
 
@@ -224,6 +225,11 @@ def config_warnings(cfg, device_type: str, amp: str, distributed: bool) -> list[
     """Settings that run, but hardly as meant: the run logs each once, as a warning (console and run.log).
     ``amp``: the precision ``trainer.amp`` resolved to on ``device_type``; ``distributed``: more than one process."""
     found = []
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if cfg.trainer.num_threads is not None and cfg.trainer.num_threads > cores:
+        found.append(f"trainer.num_threads={cfg.trainer.num_threads} > the {cores} CPU cores this process may use: "
+                     "the threads take turns on them (the default two-moons run: 20x slower); trainer.num_threads=null "
+                     "leaves it to torch")
     if amp == "fp16" and device_type == "cpu":
         found.append("trainer.amp=fp16 on the CPU: float16 autocast is slower there than float32 (the default "
                      "two-moons run: about 2.7x); trainer.amp=auto picks none on the CPU")

@@ -357,10 +357,11 @@ PATH_CASES = {
     # hydra.run.dir: where the run writes
     "hydra.run.dir: a file": ("hydra.run.dir", lambda tmp, root: [f"hydra.run.dir={_file(tmp)}"], None),
     "hydra.run.dir: under a file": ("hydra.run.dir", lambda tmp, root: [f"hydra.run.dir={_file(tmp)}/run"], None),
-    "hydra.run.dir: unreadable": ("hydra.run.dir", lambda tmp, root: [f"hydra.run.dir={_mine(tmp)}"],
-                                  lambda tmp, root: ("000", tmp / "mine")),
-    "hydra.run.dir: unwritable": ("hydra.run.dir", lambda tmp, root: [f"hydra.run.dir={_mine(tmp)}"],
-                                  lambda tmp, root: ("555", tmp / "mine")),
+    # (an empty dir: one that holds files of the user's is refused as such, tests/test_bad_inputs.py)
+    "hydra.run.dir: unreadable": ("hydra.run.dir", lambda tmp, root: [f"hydra.run.dir={_empty(tmp)}"],
+                                  lambda tmp, root: ("000", tmp / "empty")),
+    "hydra.run.dir: unwritable": ("hydra.run.dir", lambda tmp, root: [f"hydra.run.dir={_empty(tmp)}"],
+                                  lambda tmp, root: ("555", tmp / "empty")),
     "hydra.run.dir: in an unwritable folder": ("hydra.run.dir",
                                                lambda tmp, root: [f"hydra.run.dir={_mine(tmp)}/run"],
                                                lambda tmp, root: ("555", tmp / "mine")),
@@ -370,6 +371,11 @@ PATH_CASES = {
     "hydra.run.dir: interpolation": ("hydra.run.dir", lambda tmp, root: ["hydra.run.dir=${nope}"], None),
     "hydra.run.dir: a list": ("hydra.run.dir", lambda tmp, root: ["hydra.run.dir=[a]"], None),
 }
+
+
+def _empty(tmp: Path) -> Path:
+    (tmp / "empty").mkdir(exist_ok=True)
+    return tmp / "empty"
 
 
 def _file(tmp: Path) -> Path:
