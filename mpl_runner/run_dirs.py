@@ -115,6 +115,8 @@ def check_run_dir(directory: str, key: str | None = "hydra.run.dir") -> None:
     mkdir makes it and then finds b.)"""
     path = Path(os.path.abspath(directory))
     names = _entries(path)
+    if names and world_from_env().distributed:  # (torchrun's other ranks log into the same new dir as this one)
+        names = [n for n in names if n not in ("run.log", ".hydra")]
     try:
         if not names or is_run_dir(path):
             return

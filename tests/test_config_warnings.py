@@ -106,7 +106,8 @@ def test_help_lists_the_options_to_choose_not_schemas_or_shared_parts(make_cfg, 
     groups = dict(line.split(": ", 1) for line in out.split("== Configuration groups ==")[1]
                   .split("== Config ==")[0].splitlines() if ": " in line)
     assert groups["method"] == "mpl, pseudo_labels, supervised, uda"
-    assert groups["dataset"] == "cifar100_10k, cifar10_1k, cifar10_250, cifar10_4k, digits, svhn_1k, two_moons"
+    assert groups["dataset"] == ("cifar100_10k, cifar10_1k, cifar10_250, cifar10_4k, digits, image_folder, svhn_1k, "
+                                 "two_moons")
     assert "schema_" not in out and "_common" not in out
     assert "cifar10_4k_mpl" in groups["experiment"] and "digits_mpl" in groups["experiment"]
     assert out.startswith("mpl-run: ") and "method:\n  name: mpl" in out  # the header, and the config below
