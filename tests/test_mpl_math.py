@@ -335,3 +335,49 @@ def test_finetuning_goes_through_the_grad_scaler(make_cfg):
     method = make_mpl(make_cfg, "method.finetune.steps=2", "method.finetune.batch_size=12")
     method.enable_grad_scaling(CPU)
     assert set(method.scalers) == {"teacher", "student", "finetune"}
+
+
+# --- no feedback without a student step ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["skip_nonfinite", "fp16_scaler"])
+@pytest.mark.parametrize("variant", ["first_order", "exact"])
+def test_a_dropped_student_step_gives_the_teacher_no_feedback_and_keeps_the_baseline(make_cfg, how, variant):
+    """A student step dropped for a non-finite gradient (skip_nonfinite, or the fp16 grad scaler's own skip)
+    gives coefficient 0 and leaves the baseline as it was. Mutants caught: a feedback() that ignores the dropped
+    step (coefficient -baseline, baseline moved toward h), and an update() that does not report the drop."""
+    if variant == "exact" and how == "fp16_scaler":
+        pytest.skip("the exact variant refuses fp16 (no grad scaler)")
+    overrides = ["optim.lr=0.1", "method.baseline_decay=0.9"] + (EXACT if variant == "exact" else [])
+    method, batch = make_mpl(make_cfg, *overrides), make_batch()
+    if how == "skip_nonfinite":
+        method.skip_nonfinite = True
+    else:
+        method.enable_grad_scaling(CPU)
+    method.baseline.fill_(0.5)  # a baseline a mutant would hand the teacher as -0.5
+    student = weights(method.student)
+    # a non-finite gradient in the student's step only (the teacher's own gradients stay finite)
+    weight = next(method.student.parameters())
+    hook = weight.register_hook(lambda g: torch.full_like(g, float("nan")))
+    lookahead = method.lookahead
+    if variant == "exact":  # (its student gradient comes from the lookahead, not from a backward)
+        def nan_lookahead(*args, **kwargs):
+            look = lookahead(*args, **kwargs)
+            return look._replace(student_grads=[torch.full_like(g, float("nan")) for g in look.student_grads])
+        method.lookahead = nan_lookahead
+    teacher_before = weights(method.teacher)
+    stats = method.train_step(batch, step=0)
+    hook.remove()
+    method.lookahead = lookahead
+    assert same(weights(method.student), student)  # the step was dropped ...
+    assert float(stats["teacher/loss_mpl"]) == 0.0  # ... and the teacher got no MPL term
+    if variant == "first_order":
+        assert float(stats["mpl/coefficient"]) == 0.0 and float(method.baseline) == 0.5
+    if how == "skip_nonfinite":
+        assert method.skipped["student"] == 1
+    assert not same(weights(method.teacher), teacher_before)  # the teacher still learns from its labels
+    # the same step with a finite gradient does give feedback (the test can fail)
+    stats = method.train_step(batch, step=1)
+    assert float(stats["teacher/loss_mpl"]) != 0.0
+    if variant == "first_order":
+        assert float(stats["mpl/coefficient"]) != 0.0 and float(method.baseline) != 0.5

@@ -131,12 +131,12 @@ class MPL(Method):
         s_logits_us = self.net("student")(batch.x_us)
         # (hard labels, or soft ones: with feedback=none, what the official code computes)
         loss_student = F.cross_entropy(s_logits_us, pseudo, label_smoothing=self.cfg.label_smoothing)
-        self.update("student", loss_student)
+        stepped = self.update("student", loss_student)
         self._update_ema()
         # 5-6. The updated student's labeled loss (the same dropout masks as for old); the feedback coefficient,
         # from losses averaged over ranks, so every rank gives its teacher the same coefficient.
         new = self.student_labeled_loss(batch, masks)
-        h, coefficient = self.feedback(self.world.mean(old), self.world.mean(new))
+        h, coefficient = self.feedback(self.world.mean(old), self.world.mean(new), stepped)
         # Not CE(stop_grad(softmax(z)), z), whose gradient in z is 0: the target is the sampled/argmax label.
         loss_mpl = (coefficient * F.cross_entropy(t_logits_us, pseudo) if not pseudo.is_floating_point()
                     else t_logits_us.new_zeros(()))
@@ -150,10 +150,12 @@ class MPL(Method):
         # The student takes the very step the teacher just differentiated through (plain SGD: validate.py).
         for param, grad in zip(self.student.parameters(), look.student_grads):
             param.grad = grad
-        self.step_optimizer("student")
+        stepped = self.step_optimizer("student")
         self._update_ema()
         new = self.student_labeled_loss(batch, masks)
-        loss_mpl = look.meta_loss if self.cfg.feedback != "none" else torch.zeros_like(look.meta_loss.detach())
+        # (no student step, no feedback: the lookahead describes a step that was not taken)
+        use = self.cfg.feedback != "none" and stepped
+        loss_mpl = look.meta_loss if use else torch.zeros_like(look.meta_loss.detach())
         return loss_mpl, {"student/loss": look.student_loss.detach(), "mpl/h": old - new}
 
     def _finetune_step(self, batch):
@@ -191,12 +193,15 @@ class MPL(Method):
             with frozen_batchnorm_stats(self.student):
                 return F.cross_entropy(self.student(batch.x_l), batch.y_l)
 
-    def feedback(self, old: torch.Tensor, new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def feedback(self, old: torch.Tensor, new: torch.Tensor, stepped: bool = True
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(h, coefficient)``: h = old - new, logged whatever the setting; the coefficient of the teacher's MPL
         term is h (or new - old, the official code's sign) minus a moving-average baseline if set, or 0 for
-        ``feedback=none`` (the control: the teacher learns from labels and UDA alone)."""
+        ``feedback=none`` (the control: the teacher learns from labels and UDA alone) and when the student's step
+        was dropped (``stepped`` False: fp16 overflow, ``skip_nonfinite``), which also leaves the baseline as it
+        was: h is then 0 or not finite and says nothing about the pseudo labels."""
         h = old - new
-        if self.cfg.feedback == "none":
+        if self.cfg.feedback == "none" or not stepped:
             return h, torch.zeros_like(h)
         signed = h if self.cfg.feedback == "old_minus_new" else -h
         if self.cfg.baseline_decay is not None:
