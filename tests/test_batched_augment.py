@@ -138,15 +138,26 @@ def per_image_cutouts(x, cut) -> tuple[list[list[int]], list[torch.Tensor]]:
 
 @pytest.mark.parametrize("op, sign", [(op, s) for op in OPS for s in ((1, -1) if op in SIGNED else (1,))])
 def test_batched_op_equals_apply_op_per_image(op, sign):
+    """Each image of a batch gets the op exactly as it gets it alone, whatever its neighbours. For 14 ops
+    apply_op_batch hands the whole batch to the very functional apply_op calls, so this checks what that relies on:
+    that the functional treats each image of ``N x C x H x W`` alone (the per-op strengths are checked against the
+    official formulas in tests/test_randaugment.py). Mutants caught: a batched op computed over the batch as one
+    image (AutoContrast's range, Equalize's histogram, Contrast's grey level, the rotation centre of a stacked
+    image: checked by stacking the batch into one tall image), or outputs that depend on the neighbours."""
     x = op_batch()
+    others = x.clone()
+    others[1::2] = images(12, seed=9)  # every other image replaced: the rest must keep their outputs
     for magnitude in (0, 5, 10, 16, 20):
         if op == "Cutout":  # per-image centres: draw each as randaugment.cutout does, from the seeded global RNG
             centres, expected = per_image_cutouts(x, lambda image: randaugment.apply_op(image, op, magnitude, sign))
             out = ba.apply_op_batch(x, op, magnitude, sign, centres=torch.tensor(centres))
+            out_others = ba.apply_op_batch(others, op, magnitude, sign, centres=torch.tensor(centres))
         else:
             expected = [randaugment.apply_op(image, op, magnitude, sign) for image in x]
             out = ba.apply_op_batch(x, op, magnitude, sign)
+            out_others = ba.apply_op_batch(others, op, magnitude, sign)
         assert out.dtype == torch.uint8 and torch.equal(out, torch.stack(expected)), (op, sign, magnitude)
+        assert torch.equal(out_others[0::2], out[0::2]), (op, sign, magnitude)
 
 
 def test_rand_augment_equals_the_per_image_chain_under_the_same_draws():

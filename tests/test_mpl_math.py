@@ -331,10 +331,30 @@ def test_finetuning_trains_the_student_alone_with_its_own_optimizer_and_schedule
     assert clipped == pytest.approx(1e-3, rel=1e-5)  # (clip_grad_norm_ divides by norm + 1e-6)
 
 
-def test_finetuning_goes_through_the_grad_scaler(make_cfg):
-    method = make_mpl(make_cfg, "method.finetune.steps=2", "method.finetune.batch_size=12")
+def test_finetuning_goes_through_the_grad_scaler_clipping_and_schedule(make_cfg):
+    """With fp16's grad scaler, a finetuning step unscales before it clips and steps at its scheduled lr, and a
+    non-finite gradient is skipped (weights kept, scale lowered). Mutant caught: a finetuning step that bypasses
+    the scaler (the NaN reaches the weights), scales without unscaling (a step 2**16 too large), skips the
+    clipping or the schedule (a dict-keys check passes all of them)."""
+    method = make_mpl(make_cfg, *FINETUNE, "method.finetune.lr=0.01", "method.finetune.schedule=cosine",
+                      "optim.grad_clip=1e-3", steps=12)  # finetuning: the last 2 of 12 steps
     method.enable_grad_scaling(CPU)
     assert set(method.scalers) == {"teacher", "student", "finetune"}
+    batch = make_batch()
+    labeled = Batch(batch.x_l, batch.y_l)
+    before = weights(method.student)
+    scale = method.scalers["finetune"].get_scale()
+    weight = next(method.student.parameters())
+    hook = weight.register_hook(lambda g: torch.full_like(g, float("inf")))
+    method.train_step(labeled, step=10)
+    hook.remove()
+    assert same(weights(method.student), before) and method.scalers["finetune"].get_scale() < scale
+    assert method.lrs()["student"] == pytest.approx(0.01 * 0.5 * (1 + math.cos(math.pi / 2)))  # the schedule moved
+    lr = method.lrs()["student"]
+    method.train_step(labeled, step=11)
+    moved = torch.cat([(before[k] - v).flatten() for k, v in weights(method.student).items()])
+    # plain SGD on the clipped, unscaled gradient: each step moves the weights by lr * (a norm of 1e-3)
+    assert float(moved.norm()) == pytest.approx(lr * 1e-3, rel=1e-4)
 
 
 # --- no feedback without a student step ---------------------------------------------------------------------
