@@ -244,3 +244,24 @@ def test_boundary_figure_from_real_tiny_runs(tmp_path):
     path = tmp_path / "boundaries.png"
     ablation.boundary_figure(results, "paper_toy_open", path)
     assert path.stat().st_size > 10_000
+
+
+@pytest.mark.slow  # (about a minute: spawned workers import torch, and 12 tiny runs)
+def test_main_runs_a_tiny_benchmark_end_to_end_and_reuses_it(tmp_path, monkeypatch):
+    """The whole script on a made-up benchmark of 5-step runs: the tables, the figure, each row's commit; a second
+    call reuses every run (and --refuse-stale accepts them: their keys are this checkout's)."""
+    tiny = ["trainer.steps=5", "trainer.eval_interval=5", "trainer.log_interval=5"]
+    bench = ablation.benchmark("tiny", "tiny", 2, {"supervised": ["experiment=two_moons_supervised", *tiny],
+                                                   **ablation.mpl_with_control("mpl", *tiny)})
+    monkeypatch.setitem(ablation.BENCHMARKS, "tiny", bench)
+    out, runs = tmp_path / "docs" / "ablation", tmp_path / "runs"
+    args = ["--benchmarks", "tiny", "--jobs", "1", "--out", str(out), "--runs", str(runs)]
+    ablation.main(args)
+    record = json.loads(Path(f"{out}.json").read_text())
+    version = ablation.code_version()
+    assert {r["commit"] for r in record["runs"]} == {version["commit"]} and len(record["runs"]) == 6
+    assert record["summary"]["tiny"]["settings"]["mpl"]["vs_control"]["pairs"] == 2
+    assert version["commit"][:10] in Path(f"{out}.md").read_text() and Path(f"{out}.png").stat().st_size > 0
+    stamps = {p: p.stat().st_mtime_ns for p in runs.rglob("metrics.json")}
+    ablation.main([*args, "--refuse-stale"])
+    assert {p: p.stat().st_mtime_ns for p in runs.rglob("metrics.json")} == stamps  # nothing ran again
