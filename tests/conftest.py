@@ -6,11 +6,22 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from mpl_runner.config import compose_config
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["trainer.steps=30", "trainer.eval_interval=10", "trainer.log_interval=10"]
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` skip where CUDA is absent (``scripts/gpu_check.sh`` runs them on a GPU)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA (scripts/gpu_check.sh runs these on a GPU)")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)
 
 
 compose_cfg = compose_config  # the real config (as ``mpl-run`` composes it from conf/) with the given overrides

@@ -9,7 +9,7 @@ from mpl_runner.data import batched_augment as ba
 from mpl_runner.data import cifar10, randaugment
 from mpl_runner.data.randaugment import FILL, OPS, SIGNED
 
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]  # (skipped without CUDA: conftest.py)
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -85,14 +85,16 @@ def log_of(run_dir: Path) -> str:
     return (run_dir / "run.log").read_text()
 
 
-@pytest.mark.parametrize("method", ["mpl", "supervised"])
-def test_an_image_folder_trains_end_to_end_and_nothing_is_written_under_it(tmp_path, method, monkeypatch, capsys):
+@pytest.mark.parametrize("method, pipeline", [("mpl", "device"), ("mpl", "workers"), ("supervised", "auto")])
+def test_an_image_folder_trains_end_to_end_and_nothing_is_written_under_it(tmp_path, method, pipeline, monkeypatch,
+                                                                           capsys):
     root = make_folder(tmp_path / "images")
     (root / "unlabeled" / "notes.txt").write_text("not an image")  # a bad file: skipped, counted
     (root / "unlabeled" / "cut.png").write_bytes((root / "labeled" / "cat" / "0.png").read_bytes()[:100])
     os.symlink(root / "nowhere.png", root / "unlabeled" / "broken.png")
     before = tree(root)
-    status, err = run(tmp_path, root, f"method={method}", monkeypatch=monkeypatch, capsys=capsys)
+    status, err = run(tmp_path, root, f"method={method}", f"dataset.pipeline={pipeline}", "dataset.num_workers=0",
+                      monkeypatch=monkeypatch, capsys=capsys)
     assert status == 0, err
     assert tree(root) == before  # nothing written, touched or moved under dataset.root
     run_dir = tmp_path / "run"

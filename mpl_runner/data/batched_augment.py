@@ -66,6 +66,14 @@ def flip_crop(images: torch.Tensor, generator: torch.Generator, padding: int = 4
         flipped = torch.zeros(n, dtype=torch.bool, device=dev)
     top = torch.randint(2 * padding + 1, (n,), generator=generator, device=dev)
     left = torch.randint(2 * padding + 1, (n,), generator=generator, device=dev)
+    return flip_crop_at(images, flipped, top, left, padding, fill)
+
+
+def flip_crop_at(images: torch.Tensor, flipped: torch.Tensor, top: torch.Tensor, left: torch.Tensor,
+                 padding: int = 4, fill: int | None = None) -> torch.Tensor:
+    """:func:`flip_crop` with given draws (N each: flip or not, top and left offsets in ``0 .. 2*padding``)."""
+    n, c, h, w = images.shape
+    dev = images.device
     rows = torch.arange(h, device=dev) + (top - padding)[:, None]  # N x H, positions in the padded axis
     cols = torch.arange(w, device=dev) + (left - padding)[:, None]  # N x W, in the flipped image
     inside = None
