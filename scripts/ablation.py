@@ -186,6 +186,9 @@ def plan(jobs: list[tuple], runs: Path, version: dict, refuse_stale: bool) -> li
     for bench, setting, overrides, seed in jobs:
         run_dir, key = run_dir_of(runs, bench, setting, seed), cache_key(version, overrides, seed)
         state = cached(run_dir, key)
+        stored = run_dir / KEY_FILE
+        if state == "new" and stored.exists() and json.loads(stored.read_text()) != key:
+            shutil.rmtree(run_dir)  # an unfinished run of other code or overrides: not to be resumed
         if state == "stale":
             if refuse_stale:
                 raise SystemExit(f"ablation.py: error: stale result: {why_stale(run_dir, key)} "

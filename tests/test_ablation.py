@@ -97,6 +97,16 @@ def test_a_result_without_a_key_is_stale(tmp_path, fake_run):
     assert run_jobs(tmp_path, VERSION)[0]["test"] == pytest.approx(0.53) and len(fake_run) == 1
 
 
+def test_an_unfinished_run_of_other_code_is_started_afresh(tmp_path, fake_run):
+    run_dir = ablation.run_dir_of(tmp_path, *JOB[:2], JOB[3])
+    run_dir.mkdir(parents=True)
+    other = ablation.cache_key({**VERSION, "commit": "b" * 40}, JOB[2], JOB[3])
+    (run_dir / ablation.KEY_FILE).write_text(json.dumps(other))
+    (run_dir / "checkpoints").mkdir()  # what a resumed run would pick up
+    run_jobs(tmp_path, VERSION)
+    assert not (run_dir / "checkpoints").exists() and len(fake_run) == 1
+
+
 def test_code_version_sees_uncommitted_and_untracked_changes(monkeypatch):
     outputs = {("rev-parse", "HEAD"): "c" * 40 + "\n"}
 
