@@ -118,7 +118,8 @@ def load(path: Path, device: torch.device) -> dict[str, Any]:
 
 def option_defaults() -> DictConfig | None:
     """In a running ``mpl-run``: the config its chosen options (``dataset=...``, ``experiment=...``) give without
-    the command line's key overrides, i.e. each key's default in the YAML files; None where Hydra is not running."""
+    the command line's key overrides, i.e. each key's default in the YAML files; None where Hydra is not running.
+    A group chosen into another package (``model@student_model=...``) is left out: that key's default is null."""
     from hydra import compose
     from hydra.core.hydra_config import HydraConfig
 
@@ -126,7 +127,7 @@ def option_defaults() -> DictConfig | None:
         return None
     hydra_cfg = HydraConfig.get()
     options = [f"{group}={option}" for group, option in hydra_cfg.runtime.choices.items()
-               if option is not None and not group.startswith("hydra")]
+               if option is not None and not group.startswith("hydra") and "@" not in group]
     return compose(config_name=hydra_cfg.job.config_name, overrides=options)
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shlex
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -16,31 +15,50 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from mpl_runner import checkpoint, distributed, run_dirs
+from mpl_runner.run_dirs import hydra_quote, shell_word
 from mpl_runner import run as training
 from mpl_runner.cli_errors import one_line_error
 from mpl_runner.distributed import world_from_env
-from mpl_runner.errors import ConfigError, JobFailed, UserError, one_line
+from mpl_runner.errors import ConfigError, JobFailed, Refused, UserError, one_line
 from mpl_runner.files import atomic_write_json, write_error
 from mpl_runner.resolvers import require_validation_split
 from mpl_runner.signals import Interrupted
+from mpl_runner.sweep import take_dry_run_flag
 from mpl_runner.validate import validate_overrides
 
 log = logging.getLogger("mpl_runner")
 
 
 def resume_hint(run_dir: Path, mode: RunMode) -> str:
-    """The command that goes on from ``run_dir``'s checkpoint."""
+    """The command that goes on from ``run_dir``'s checkpoint, quoted for Hydra and the shell; in a multirun, the
+    command that resumes the sweep (the sweep's own overrides, from its ``multirun.yaml``, in its sweep dir: each
+    job goes on from its checkpoint, finished ones are skipped)."""
     hydra_cfg = HydraConfig.get()
-    overrides = [o for o in hydra_cfg.overrides.task if not o.startswith("trainer.resume=")]
     world = world_from_env()
     program = ["torchrun", f"--nproc_per_node={world.size}", "-m", "mpl_runner"] if world.distributed else ["mpl-run"]
-    command = shlex.join([*program, *overrides, f"trainer.resume={run_dir}"])
     if mode == RunMode.MULTIRUN:
-        return f"{command} (this job alone), or rerun the sweep with hydra.sweep.dir={hydra_cfg.sweep.dir}"
+        sweep = sweep_overrides(Path(hydra_cfg.sweep.dir))
+        if sweep is not None:
+            return " ".join(map(shell_word, [*program, "-m", *sweep,
+                                             f"hydra.sweep.dir={hydra_quote(hydra_cfg.sweep.dir)}"]))
+    overrides = [o for o in hydra_cfg.overrides.task if not o.startswith("trainer.resume=")]
+    command = " ".join(map(shell_word, [*program, *overrides, f"trainer.resume={hydra_quote(run_dir)}"]))
+    if mode == RunMode.MULTIRUN:  # (no multirun.yaml to read the sweep from)
+        return f"{command} (this job alone)"
     return command
+
+
+def sweep_overrides(sweep_dir: Path) -> list[str] | None:
+    """The overrides a sweep was started with (Hydra's and the task's, as typed), but its mode and sweep dir."""
+    try:
+        overrides = OmegaConf.load(sweep_dir / "multirun.yaml").hydra.overrides
+        lines = [*overrides.hydra, *overrides.task]
+    except Exception:  # noqa: BLE001 - unreadable: the hint falls back to the job alone
+        return None
+    return [o for o in lines if o.split("=", 1)[0] not in ("hydra.mode", "hydra.sweep.dir")]
 
 
 #: what ``mpl-run`` returns to Hydra, so what searches optimise: never a test number
@@ -82,6 +100,12 @@ def hydra_main(cfg: DictConfig) -> float:
         if err.handover is not None:  # submitit's handler (requeues the job, then exits): the run is saved now
             err.handover(err.signum, None)
         sys.exit(128 + err.signum)
+    except run_dirs.RunDirGone as err:
+        if hydra_cfg.mode == RunMode.RUN:  # a fault, not a user mistake: exit status 1
+            if world.is_main:
+                print(f"mpl-run: error: {err}", file=sys.stderr)
+            sys.exit(1)
+        raise JobFailed(f"job {hydra_cfg.job.num} ({run_dir}) failed: {err}") from err
     except Exception as err:
         if hydra_cfg.mode != RunMode.RUN:
             # A multirun goes on with the other jobs; this one is marked failed with its error (by rank 0), unless
@@ -114,10 +138,13 @@ def cli() -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"
     distributed.start(world_from_env())  # under torchrun: join the process group before Hydra names the run dir
     try:
+        sys.argv[1:] = take_dry_run_flag(sys.argv[1:])
         refuse_empty_output_dir(sys.argv[1:])
         hydra_main()
     except JobFailed as err:  # a multirun job crashed: the first such error, in one line
         exit_with_error(str(err))
+    except Refused as err:  # (refused by a Hydra callback, before Hydra wrote anything)
+        exit_with_error(str(err.args[0]))
     except Exception as err:  # noqa: BLE001 - anything not a user mistake is re-raised below
         message = one_line_error(err)
         if message is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import re
 
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
@@ -29,6 +30,9 @@ def one_line_error(err: BaseException) -> str | None:
         if isinstance(cause, UserError):
             return str(cause)
         cause = cause.__cause__ or (cause.__context__ if isinstance(cause, OmegaConfBaseException) else None)
+    broken = _yaml_error(err)
+    if broken is not None:  # (a YAML file under --config-dir / conf/ that does not parse)
+        return broken
     if isinstance(err, MissingConfigException) and err.missing_cfg_file:
         group, _, name = err.missing_cfg_file.rpartition("/")
         options = [o for o in (err.options or []) if listed_option(o)]  # (no schema_*, no *_common)
@@ -41,7 +45,13 @@ def one_line_error(err: BaseException) -> str | None:
     if isinstance(err, ConfigCompositionException) and isinstance(cause, ValidationError):
         return f"{cause.full_key}={cause.value!r}: {_first_line(cause.msg)}"
     if isinstance(err, OverrideParseException):
-        return f"cannot parse the override: {_first_line(str(err))}"
+        return _parse_error(err)
+    preset = _PRESET_KEY.search(str(err)) if isinstance(err, ConfigCompositionException) else None
+    if preset is not None:  # (e.g. experiment=digits_mpl method=supervised; the message ended after its colon)
+        group = preset["key"].split(".")[0]
+        return (f"{preset['where'].replace('/', '=', 1)} sets {preset['key']}, a key that {preset['type']} (the "
+                f"{group} chosen) does not have: the preset is made for another {group}; leave {group}=... out to "
+                f"keep the preset's {group}, or choose a preset made for this one (mpl-run --help lists them)")
     if isinstance(err, ConfigCompositionException) and str(err).startswith("Ambiguous value"):
         # (a sweep without -m: Hydra's own ways out, "add --multirun" among them, all on the one line)
         return "; ".join(line.strip() for line in str(err).strip().splitlines())
@@ -51,6 +61,44 @@ def one_line_error(err: BaseException) -> str | None:
         return (f"{key}: " if key and key not in str(err).splitlines()[0] else "") + \
             _first_line(str(err)).rstrip(".") + detail
     return _group_value(err) or _run_dir_error(err)
+
+
+#: Hydra's message for a key a preset sets that the chosen option's schema lacks
+_PRESET_KEY = re.compile(r"In '(?P<where>[^']+)': Config(?:Key|Attribute)Error raised while composing config:\s*"
+                         r"Key '[^']+' not in '(?P<type>[^']+)'\s*full_key: (?P<key>\S+)")
+
+
+def _parse_error(err: OverrideParseException) -> str:
+    """An override Hydra's grammar cannot read, and how to write it so that it can (no parser jargon)."""
+    from mpl_runner.run_dirs import hydra_quote, shell_word
+
+    line = err.override
+    key, _, value = line.partition("=")
+    if value.rstrip().endswith(","):
+        return (f"cannot read the override {line!r}: a sweep list ends with a comma; leave the last one out: "
+                f"{shell_word(f'{key}={value.rstrip().rstrip(chr(44))}')}")
+    if value.startswith("~"):
+        return (f"cannot read the override {line!r}: ~ is not expanded in an override; write the path out, e.g. "
+                f"{key}=$HOME{value[1:]} (the shell expands $HOME)")
+    what = ("characters other than ASCII" if not line.isascii() else
+            "characters Hydra's override grammar gives a meaning (brackets, parentheses, braces, = , quotes)")
+    return (f"cannot read the override {line!r}: its value holds {what}; if it is text or a path, quote it for Hydra "
+            f"and the shell: {shell_word(f'{key}={hydra_quote(value)}')}")
+
+
+def _yaml_error(err: BaseException) -> str | None:
+    """A config file that is not valid YAML: the file, line and column, and what the parser found there."""
+    import yaml
+
+    seen = err
+    while seen is not None and not isinstance(seen, yaml.YAMLError):
+        seen = seen.__cause__ or seen.__context__
+    if seen is None:
+        return None
+    mark = getattr(seen, "problem_mark", None)
+    where = f"{mark.name}, line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "a config file"
+    problem = " ".join(filter(None, (getattr(seen, "context", None), getattr(seen, "problem", None)))) or str(seen)
+    return f"{where}: not valid YAML: {' '.join(problem.split())}"
 
 
 def _group_value(err: BaseException) -> str | None:

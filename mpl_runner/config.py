@@ -54,6 +54,7 @@ class TrainerConfig:
 class Config:
     dataset: Any = MISSING
     model: Any = MISSING
+    student_model: Any = MISSING  # MPL's student (null: the same as model)
     method: Any = MISSING
     optim: OptimConfig = MISSING
     trainer: TrainerConfig = MISSING

@@ -71,11 +71,15 @@ class NonFiniteWatch:
 
 
 @torch.no_grad()
-def confusion_matrix(model: torch.nn.Module, batches, device: torch.device, num_classes: int) -> torch.Tensor:
-    """Counts [true class, predicted class] in eval mode (the model's mode is restored afterwards)."""
+def confusion_matrix(model: torch.nn.Module, batches, device: torch.device, num_classes: int,
+                     check: Callable[[], None] | None = None) -> torch.Tensor:
+    """Counts [true class, predicted class] in eval mode (the model's mode is restored afterwards). ``check``
+    runs before every batch (the final evaluation: it raises Interrupted once SIGTERM came)."""
     counts = torch.zeros(num_classes * num_classes, dtype=torch.long, device=device)
     with eval_mode(model):
         for x, y in batches:
+            if check is not None:
+                check()
             pred = model(x.to(device, non_blocking=True)).argmax(dim=1)
             counts += torch.bincount(y.to(device) * num_classes + pred, minlength=num_classes * num_classes)
     return counts.reshape(num_classes, num_classes).cpu()
@@ -88,16 +92,17 @@ def report_split(data: SSLData) -> str:
 
 
 def evaluate(
-    method: Method, data: SSLData, device: torch.device, splits=None, confusions: dict | None = None
+    method: Method, data: SSLData, device: torch.device, splits=None, confusions: dict | None = None,
+    check: Callable[[], None] | None = None,
 ) -> dict[str, float]:
     """``{"<split>/<model>/acc": ...}`` for every model the method exposes, and ``<split>/acc`` for the one
     it hands out (``splits`` None: the reported one). ``confusions``, when given, receives each
-    ``"<split>/<model>"`` confusion matrix."""
+    ``"<split>/<model>"`` confusion matrix; ``check``: see :func:`confusion_matrix`."""
     out = {}
     splits = splits or (report_split(data),)
     for split in splits:
         for name, model in method.eval_models().items():
-            matrix = confusion_matrix(model, data.eval_splits[split], device, data.num_classes)
+            matrix = confusion_matrix(model, data.eval_splits[split], device, data.num_classes, check)
             out[f"{split}/{name}/acc"] = float(matrix.diag().sum()) / float(matrix.sum())
             if confusions is not None:
                 confusions[f"{split}/{name}"] = matrix
@@ -118,6 +123,7 @@ class Start:
 
     step: int = 0
     train_seconds: float = 0.0  # spent training before this start
+    wall_seconds: float = 0.0  # the earlier attempts' wall time, up to their last checkpoint
     stats: dict[str, float] = field(default_factory=dict)  # the losses of step ``step``
 
 
@@ -172,7 +178,9 @@ def train(
     train_seconds = log_.train_seconds()
     confusions: dict[str, torch.Tensor] = {}
     with autocast(device, amp):
-        metrics = evaluate(method, data, device, splits=tuple(data.eval_splits), confusions=confusions)
+        # (SIGTERM here stops within a batch: the checkpoint of the last step is written)
+        metrics = evaluate(method, data, device, splits=tuple(data.eval_splits), confusions=confusions,
+                           check=lambda: stop.check(steps))
     split = report_split(data)
     log_.evaluation(steps, stats, {k: v for k, v in metrics.items() if k.startswith(f"{split}/")})
     handed_out = confusions[f"{split}/{method.handed_out}"]

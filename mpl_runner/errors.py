@@ -12,7 +12,7 @@ class UserError(Exception):
 
 class ConfigError(UserError):
     def __init__(self, key: str, value: object, allowed: str):
-        self.key = key
+        self.key, self.value, self.allowed = key, value, allowed
         super().__init__(f"{key}={value!r} is not allowed: {allowed}")
 
 
@@ -23,3 +23,8 @@ class DataError(UserError):
 class JobFailed(Exception):
     """A multirun job that crashed on something other than a user's mistake. The sweep ends with this one line
     (exit status 2); the traceback is in that job's log."""
+
+
+class Refused(BaseException):
+    """A :class:`UserError` (its ``args[0]``) raised where Hydra turns an Exception into a warning (a callback):
+    a BaseException passes through Hydra to ``mpl-run``'s entry point, which prints it as one line."""

@@ -7,6 +7,7 @@ the prefix puts their one-point cards after the curves), shown in HParams under 
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,9 @@ class Tracker:
     def __init__(self, run_dir: Path, purge_step: int | None = None, enabled: bool = True):
         """``purge_step``: TensorBoard hides what earlier files of this run logged at that step or later (a
         resumed run logs those steps again). ``enabled=False`` (ranks other than 0) writes nothing."""
+        self.run_dir = run_dir
         self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step) if enabled else None
+        _quiet_writer_thread()
 
     def scalars(self, step: int, values: dict[str, float], prefix: str = "") -> None:
         if self.writer is None:
@@ -96,7 +99,26 @@ class Tracker:
 
     def close(self) -> None:
         if self.writer is not None:
-            self.writer.close()
+            try:
+                self.writer.close()
+            except OSError:
+                if self.run_dir.is_dir():  # (a run dir deleted mid-run: the run reports that already)
+                    raise
+
+
+def _quiet_writer_thread() -> None:
+    """TensorBoard's writer thread prints the traceback of a write that failed (its run dir deleted mid-run) and
+    hands the error on to the next call in the main thread, which the run reports: the printout is left out."""
+    previous = threading.excepthook
+    if getattr(previous, "quiet_tensorboard", False):
+        return
+
+    def hook(args):
+        if not (type(args.thread).__name__ == "_AsyncWriterThread" and issubclass(args.exc_type, OSError)):
+            previous(args)
+
+    hook.quiet_tensorboard = True
+    threading.excepthook = hook
 
 
 def _hparams_summary(tag: str, **plugin_data) -> Summary:

@@ -19,6 +19,7 @@ from torch import nn
 
 from mpl_runner.errors import UserError, one_line
 from mpl_runner.files import atomic_write_bytes, atomic_write_json
+from mpl_runner.registry import entry_of
 
 WEIGHTS, META = "model.safetensors", "model.json"
 FORMAT = "mpl-runner model"
@@ -54,6 +55,7 @@ def write_model(run_dir: Path, cfg, model_cfg, method, data, record: dict[str, A
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
+        "model_option": entry_of("model", model_cfg).name,  # (which option's schema the values take)
         "model": config,
         "num_classes": data.num_classes,
         "class_names": list(data.class_names or [str(c) for c in range(data.num_classes)]),
@@ -115,11 +117,12 @@ def load_model(run_dir: Path, device: torch.device | str = "cpu") -> tuple[nn.Mo
     ``device`` in eval mode; and ``model.json``'s contents."""
     from safetensors.torch import load_file
 
-    from mpl_runner.models import build_model
+    from mpl_runner.models import build_model, model_node
 
     meta = read_meta(run_dir)
     try:
-        model = build_model(OmegaConf.create(meta["model"]), tuple(meta["input_shape"]), meta["num_classes"])
+        node = model_node(meta.get("model_option", meta["model"].get("name")), meta["model"])
+        model = build_model(node, tuple(meta["input_shape"]), meta["num_classes"])
         model.load_state_dict(load_file(Path(run_dir) / WEIGHTS), strict=True)
     except UserError as err:
         raise NoModel(f"the model in {run_dir} cannot be built: {err}") from err

@@ -5,7 +5,9 @@ A module under ``mpl_runner/data``, ``mpl_runner/models`` or ``mpl_runner/method
     register("method", "pseudo_labels", PseudoLabelsConfig, PseudoLabels, check=check)
 
 naming the option's ``<group>.name``, its schema (types only: the YAML file under ``conf/<group>/`` holds every
-default), what builds it and the checks of its own keys. The modules of those three packages are imported when the
+default), what builds it and the checks of its own keys. A composed config node is an option's by its schema
+(:func:`entry_of`); ``<group>.name`` is the option's name, except where the option says otherwise (``model=timm``:
+``model.name`` is the timm architecture). The modules of those three packages are imported when the
 registry is first read, so a new one needs no import anywhere else: a method or a data set is one module plus one
 YAML file.
 """
@@ -18,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 PACKAGES = {"dataset": "mpl_runner.data", "model": "mpl_runner.models", "method": "mpl_runner.methods"}
 
@@ -43,6 +45,8 @@ class Entry:
     # models: where this model cannot take the data set's inputs (of ``input_shape``), the key to change and what
     # it allows (``("model", "mlp for dataset=two_moons (...)")``); None where it can
     unfit: Callable[[DictConfig, tuple[int, ...]], tuple[str, str] | None] = lambda cfg, input_shape: None
+    # False: ``<group>.name`` is a key of the option's own (model=timm: the architecture), which its check validates
+    fixed_name: bool = True
 
 
 _ENTRIES: dict[str, dict[str, Entry]] = {group: {} for group in PACKAGES}
@@ -56,6 +60,9 @@ def register(group: str, name: str, schema: type, build: Callable[..., Any], **h
     known = _ENTRIES[group].get(name)
     if known is not None and (known.schema, known.build) != (schema, build):
         raise ValueError(f"{group} {name!r} is registered twice ({known.build.__module__} and {build.__module__})")
+    shared = [e.name for e in _ENTRIES[group].values() if e.schema is schema and e.name != name]
+    if shared:  # (entry_of() tells the options apart by their schemas)
+        raise ValueError(f"{group} {name!r} has the schema of {shared[0]!r}; each option needs a schema of its own")
     entry = Entry(group, name, schema, build, **hooks)
     _ENTRIES[group][name] = entry
     return entry
@@ -78,5 +85,15 @@ def entries(group: str) -> dict[str, Entry]:
 
 
 def entry(group: str, name: str) -> Entry:
-    """The entry ``<group>.name`` names (validate() has refused an unknown name before anything is built)."""
+    """The option of ``group`` registered as ``name``."""
     return entries(group)[name]
+
+
+def entry_of(group: str, node: DictConfig) -> Entry:
+    """The option of ``group`` a composed config node (``cfg.model``, ``cfg.student_model``) was made from, known
+    by its schema (validate() has refused a node of no registered schema before anything is built)."""
+    schema = OmegaConf.get_type(node)
+    found = next((e for e in entries(group).values() if e.schema is schema), None)
+    if found is None:
+        raise LookupError(f"no {group} option has the schema {getattr(schema, '__name__', schema)}")
+    return found

@@ -25,7 +25,6 @@ from typing import Any
 import yaml
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf.errors import OmegaConfBaseException
 
 from mpl_runner.distributed import world_from_env
 from mpl_runner.errors import one_line
@@ -248,23 +247,18 @@ def write_report(sweep_dir: Path, sweep: Sweep | None = None) -> Sweep:
 
 class SweepReport(Callback):
     """Keep ``report.*`` in a multirun's sweep dir current: after every job (Hydra skips on_multirun_end when a
-    job failed, and a half-finished sweep should have a report too) and when the multirun ends."""
-
-    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
-        # The sweep dir exists before any job, so a sweeper can keep files there (Optuna's SQLite storage).
-        try:
-            sweep_dir = config.hydra.sweep.dir
-        except OmegaConfBaseException:
-            return  # a config error (trainer.resume in a multirun): the launcher reports it as the run's error
-        Path(sweep_dir).mkdir(parents=True, exist_ok=True)
+    job failed, and a half-finished sweep should have a report too) and when the multirun ends. (The sweepers
+    make the sweep dir, once every job is checked: :mod:`mpl_runner.sweep`.)"""
 
     def on_job_end(self, config: Any, job_return: Any = None, **kwargs: Any) -> None:
         if config.hydra.mode == RunMode.MULTIRUN and world_from_env().is_main:
             self.on_multirun_end(config)
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        from mpl_runner import sweep
+
         sweep_dir = Path(config.hydra.sweep.dir)
-        if sweep_dir.is_dir():
+        if sweep_dir.is_dir() and not sweep.DRY_RUN:
             write_report(sweep_dir)
 
 

@@ -33,10 +33,10 @@ from mpl_runner.figures import confusion_figure, save_png
 from mpl_runner.files import atomic_write_json
 from mpl_runner.logging import Tracker, flatten
 from mpl_runner.methods import Method, build_method
-from mpl_runner.models import build_model, count_parameters
+from mpl_runner.models import build_model, count_parameters, handed_out_model_config, model_key
 from mpl_runner.provenance import provenance
 from mpl_runner.signals import Interrupted, StopSignals
-from mpl_runner.validate import config_warnings, validate, validate_world
+from mpl_runner.validate import config_warnings, renamed, validate, validate_world
 
 log = logging.getLogger("mpl_runner")
 
@@ -128,8 +128,11 @@ def _execute(cfg: DictConfig, run_dir: Path, world: World) -> Trained:
     data = build_dataset(cfg.dataset, device)
     memory_format = torch.channels_last if cfg.trainer.channels_last else torch.preserve_format
 
-    def make_model():
-        return build_model(cfg.model, data.input_shape, data.num_classes).to(device, memory_format=memory_format)
+    def make_model(role: str):  # (MPL's student: student_model where that is set)
+        key = model_key(cfg, role)
+        with renamed(key):  # (a weights file that does not fit: model.pretrained or student_model.pretrained)
+            model = build_model(cfg[key], data.input_shape, data.num_classes)
+        return model.to(device, memory_format=memory_format)
 
     method = build_method(cfg.method, cfg.optim, cfg.trainer.steps, make_model)
     if data.info.get("unlabeled_images") == 0 and any(p.views == "ssl" for p in method.phases()):
@@ -182,8 +185,10 @@ def _execute(cfg: DictConfig, run_dir: Path, world: World) -> Trained:
     def save(step: int, loop: dict) -> None:
         nonlocal last_checkpoint
         if write:
+            run_dirs.require_usable(run_dir)  # (a checkpoint would make a deleted run dir again)
             tracker.flush()  # what was logged before this step is on disk before the checkpoint says it is done
-            checkpoint.save(checkpoint_path, step, cfg, method, loop)
+            wall = start.wall_seconds + time.perf_counter() - wall_start  # (summed over attempts, as train_seconds)
+            checkpoint.save(checkpoint_path, step, cfg, method, {**loop, "wall_seconds": wall})
         last_checkpoint = step
 
     steps = cfg.trainer.steps
@@ -202,14 +207,20 @@ def _execute(cfg: DictConfig, run_dir: Path, world: World) -> Trained:
                 tracker.figure(stem, fig, steps)
                 if write:
                     save_png(fig, run_dir / f"{stem}.png")
-            metrics["wall_seconds"] = time.perf_counter() - wall_start
+            metrics["wall_seconds"] = start.wall_seconds + time.perf_counter() - wall_start
             stop.check(steps)
             tracker.hparams(cfg, metrics, steps, leading=hparams_leading(cfg), extra=origin)
             stop.check(steps)
         except BaseException as err:
+            try:
+                if write:
+                    run_dirs.require_usable(run_dir)
+            except run_dirs.RunDirGone as gone:  # (no record that points at files that are gone)
+                raise gone from err
             if write:
                 try:
-                    atomic_write_json(run_dir / "metrics.json", {**failure_record(err, last_checkpoint), **origin})
+                    kept = last_checkpoint if checkpoint_path.is_file() else None
+                    atomic_write_json(run_dir / "metrics.json", {**failure_record(err, kept), **origin})
                 except (OSError, UserError) as record_err:  # (a full disk refuses the record too: report `err`)
                     log.warning(f"metrics.json does not record this failure: {record_err}")
             raise
@@ -220,6 +231,7 @@ def _execute(cfg: DictConfig, run_dir: Path, world: World) -> Trained:
         if world.distributed:
             record["world_size"] = world.size
         if write:
+            run_dirs.require_usable(run_dir)
             atomic_write_json(run_dir / "metrics.json", record)
             model_file.write_model(run_dir, cfg, handed_out_model_config(cfg, method), method, data, record)
         if stop.received is not None:  # (while the record was written: the run is complete)
@@ -245,11 +257,6 @@ def validation_batch(data, cfg: DictConfig) -> Batch:
     return Batch(torch.cat([x.to(device) for x, _ in pairs]), torch.cat([y.to(device) for _, y in pairs]))
 
 
-def handed_out_model_config(cfg: DictConfig, method: Method) -> DictConfig:
-    """The config of the model ``method`` hands out (written into ``model.json``)."""
-    return cfg.model  # TODO(issue 18, item 2): the student's model config when method.student_model is set
-
-
 def run(cfg: DictConfig, run_dir: Path) -> dict:
     """Train one configuration (see :func:`execute`); returns what ``metrics.json`` holds."""
     return execute(cfg, run_dir).record
@@ -258,11 +265,12 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
 def hparams_leading(cfg: DictConfig) -> set[str]:
     """The flattened config keys this command set (in a sweep: the swept ones, as the sweep dir's ``multirun.yaml``
     or the search space says), which TensorBoard's HParams lists first; keys that only say where and how a run
-    computes (:data:`checkpoint.FREE_KEYS`) aside. A group override names the group's ``name`` key."""
+    computes (:data:`checkpoint.FREE_KEYS`) aside. A group override names the group's ``name`` key (of its package:
+    ``model@student_model=...``, ``student_model.name``)."""
     if not HydraConfig.initialized():
         return set()
     hydra_cfg = HydraConfig.get()
-    keys = [o.split("=", 1)[0].lstrip("+~") for o in hydra_cfg.overrides.task]
+    keys = [o.split("=", 1)[0].lstrip("+~").split("@")[-1] for o in hydra_cfg.overrides.task]
     if hydra_cfg.mode == RunMode.MULTIRUN:
         swept = set((hydra_cfg.sweeper.get("params") or {}).keys())
         try:

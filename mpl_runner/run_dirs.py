@@ -6,6 +6,9 @@
   command refused later removes only what it created, by name (:func:`found_before`).
 - One process at a time in a run dir: ``<run dir>/.lock``, held with ``flock`` for the whole run (:func:`locked`);
   the kernel releases it when the process dies, however it dies.
+- ``hydra.run.dir``, ``hydra.sweep.dir`` and every job dir of a sweep: new, empty or one of ours, checked before
+  anything is written there (:func:`check_run_dir`, :func:`check_sweep_dir`); one sweep at a time in a sweep dir
+  (its own ``.lock``).
 - Temp files a killed atomic write left (``.<name>.<random>.tmp``, :mod:`mpl_runner.files`) are removed when a run
   goes on in that dir (:func:`remove_orphans`).
 """
@@ -16,6 +19,8 @@ import contextlib
 import errno
 import fcntl
 import os
+import re
+import shlex
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,7 +32,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
 from mpl_runner.checkpoint import RELATIVE_PATH as CHECKPOINT
-from mpl_runner.errors import ConfigError, UserError
+from mpl_runner.distributed import world_from_env
+from mpl_runner.errors import ConfigError, Refused, UserError
 from mpl_runner.files import FILE_MODE, temp_target
 
 #: Hydra's record of a run (what makes a dir a run dir of ours, with a checkpoint)
@@ -35,6 +41,28 @@ RECORD = Path(".hydra") / "config.yaml"
 #: the files Hydra writes into a job's record dir (``hydra.output_subdir``)
 RECORD_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")
 LOCK_NAME = ".lock"
+
+
+#: what Hydra's override grammar takes unquoted in a value (a path): anything else is quoted
+_PLAIN = re.compile(r"[\w./@%+-]*", re.ASCII)
+
+
+def hydra_quote(value) -> str:
+    """``value`` as Hydra's override grammar reads it back as it is: quoted where it holds ``=``, ``,``, spaces,
+    ``~`` or anything else the grammar gives a meaning."""
+    text = str(value)
+    if _PLAIN.fullmatch(text) and not text.startswith("~"):
+        return text
+    # (inside quotes the grammar takes a backslash as it is, but before a quote or at the end, where it is doubled)
+    return "'" + re.sub(r"(\\*)('|$)", lambda m: m[1] * 2 + ("\\'" if m[2] else ""), text) + "'"
+
+
+def shell_word(word: str) -> str:
+    """``word`` quoted for the shell: as it is where it can be, in double quotes where they suffice (a Hydra-quoted
+    value reads better so), else as :func:`shlex.quote` does."""
+    if shlex.quote(word) == word or re.search(r'["$`\\!]', word):
+        return shlex.quote(word)
+    return f'"{word}"'
 
 
 def is_run_dir(path: Path) -> bool:
@@ -67,9 +95,61 @@ def resume_dir(resume: str | None, new_dir: str) -> str:
     else:
         problem = f"{where} holds no {CHECKPOINT} and no {RECORD}"
     parent = next((p for p in where.parents if is_run_dir(p)), None)
-    hint = f": trainer.resume={parent}" if parent is not None else ""
+    hint = f": {shell_word(f'trainer.resume={hydra_quote(parent)}')}" if parent is not None else ""
     raise ConfigError("trainer.resume", resume, f"a run dir of mpl-run (the folder that holds checkpoints/{hint}); "
                                                 f"{problem}")
+
+
+def _entries(path: Path) -> list[str] | None:
+    """The names in ``path`` (sorted), or None where it is no dir this user can list (Hydra reports that)."""
+    try:
+        return sorted(os.listdir(path)) if path.is_dir() else None
+    except OSError:
+        return None
+
+
+def check_run_dir(directory: str, key: str | None = "hydra.run.dir") -> None:
+    """A run writes only into a dir that is new, empty or a run dir of ours (:func:`is_run_dir`): anything else is
+    the user's, refused before anything is written there (naming the first entry that no run wrote). ``key``: the
+    setting that named the dir; None for a job of a sweep. ("a/../b" is taken as b: where a does not exist yet,
+    mkdir makes it and then finds b.)"""
+    path = Path(os.path.abspath(directory))
+    names = _entries(path)
+    try:
+        if not names or is_run_dir(path):
+            return
+    except OSError:
+        return
+    found = f"{path} holds {names[0]}, which no run wrote"
+    if key is None:
+        raise UserError(f"the job dir {found}: a job writes only into a new or empty dir or a run dir of mpl-run "
+                        "(see hydra.sweep.dir and hydra.sweep.subdir)")
+    raise ConfigError(key, directory, f"a new or empty dir, or a run dir of mpl-run; {found} (leave {key} unset "
+                                      "for a new dir under outputs/)")
+
+
+#: what a sweep writes into its dir beside the job dirs (Hydra, submitit, the report, the search)
+SWEEP_FILES = ("multirun.yaml", "report.md", "report.csv", "report.png", "optimization_results.yaml", ".submitit",
+               LOCK_NAME)
+
+
+def check_sweep_dir(directory: str, own: tuple[str, ...] = ()) -> None:
+    """A sweep writes only into a dir that is new, empty or a sweep dir of ours: job dirs (run dirs of ours, or
+    empty), :data:`SWEEP_FILES` and ``own`` (names a file of the sweep's starts with: its search storage)."""
+    path = Path(os.path.abspath(directory))
+    for name in _entries(path) or ():
+        if name in SWEEP_FILES or any(name.startswith(o) for o in own):
+            continue
+        sub = path / name
+        try:
+            if sub.is_dir() and not sub.is_symlink() and (is_run_dir(sub) or not any(sub.iterdir())):
+                continue
+        except OSError:
+            pass
+        raise ConfigError("hydra.sweep.dir", directory, f"a new or empty dir, or a sweep dir of mpl-run (job dirs and "
+                                                        f"its own files); {path.resolve()} holds {name}, which no "
+                                                        "sweep wrote (leave hydra.sweep.dir unset for a new dir "
+                                                        "under outputs/)")
 
 
 # --- what was there before ------------------------------------------------------------------------------------
@@ -121,25 +201,71 @@ def found_before(run_dir: Path) -> Found | None:
 
 class NoteRunDir(Callback):
     """Notes what the run dir (a multirun: the sweep dir) holds before Hydra creates it, opens its log there or
-    writes its record (``conf/config.yaml`` registers it under ``hydra.callbacks``)."""
+    writes its record (``conf/config.yaml`` registers it under ``hydra.callbacks``).
+    It also refuses a dir that is not ours (:func:`check_run_dir`, :func:`check_sweep_dir`): with
+    :class:`mpl_runner.errors.Refused`, which Hydra does not turn into a warning as it does an Exception."""
 
     def on_run_start(self, config: Any, **kwargs: Any) -> None:
-        self._note(config, "hydra.run.dir")
+        directory = self._note(config, "hydra.run.dir")
+        if directory is not None and world_from_env().is_main:  # (under torchrun rank 0 may have made it already)
+            refuse(check_run_dir, directory)
+        from mpl_runner import sweep
+
+        if sweep.DRY_RUN and directory is not None:
+            refuse(sweep.dry_run_single, config, directory)
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
-        self._note(config, "hydra.sweep.dir", jobs=True)
+        directory = self._note(config, "hydra.sweep.dir", jobs=True)
+        if directory is not None:
+            refuse(check_sweep_dir, directory, sweep_files(config))
 
     @staticmethod
-    def _note(config: Any, key: str, jobs: bool = False) -> None:
+    def _note(config: Any, key: str, jobs: bool = False) -> str | None:
+        """Note what the dir at ``key`` holds; returns the dir (None where the config cannot say)."""
         _FOUND.clear()
         before = HydraConfig.instance().cfg
         try:
             HydraConfig.instance().set_config(config)  # (what run_job does next; ${hydra:...} in the dir needs it)
-            _note(str(OmegaConf.select(config, key)), jobs)
+            directory = str(OmegaConf.select(config, key))
+            _note(directory, jobs)
+            return directory
         except Exception:  # noqa: BLE001 - a bad config: Hydra reports it when it resolves the dir itself
-            pass
+            return None
         finally:
             HydraConfig.instance().cfg = before
+
+
+def refuse(check, *args) -> None:
+    """Run ``check``; its UserError becomes :class:`Refused`, which passes through Hydra's callbacks to cli()."""
+    try:
+        check(*args)
+    except UserError as err:
+        raise Refused(err) from err
+
+
+def sweep_files(config: Any) -> tuple[str, ...]:
+    """The names of the files a search keeps in its sweep dir (its storage there), as :func:`check_sweep_dir` takes
+    them."""
+    before = HydraConfig.instance().cfg
+    try:
+        HydraConfig.instance().set_config(config)
+        storage = OmegaConf.select(config, "hydra.sweeper.storage", default=None)
+        sweep_dir = os.path.abspath(str(OmegaConf.select(config, "hydra.sweep.dir")))
+    except Exception:  # noqa: BLE001 - the sweeper reports a bad storage
+        return ()
+    finally:
+        HydraConfig.instance().cfg = before
+    path = storage_path(storage) if isinstance(storage, str) else None
+    return (path.name,) if path is not None and os.path.dirname(os.path.abspath(path)) == sweep_dir else ()
+
+
+def storage_path(storage: str) -> Path | None:
+    """The file of a search's storage (``journal:<file>``, ``sqlite:///<file>``), or None (a database server)."""
+    if storage.startswith("journal:"):
+        return Path(storage[len("journal:"):].strip()).expanduser()
+    if storage.startswith("sqlite:///") and storage[len("sqlite:///"):] not in ("", ":memory:"):
+        return Path(storage[len("sqlite:///"):].split("?")[0]).expanduser()
+    return None
 
 
 # --- one process at a time -------------------------------------------------------------------------------------
@@ -166,9 +292,10 @@ def _lock_holder(fd: int) -> int | None:
 
 
 @contextlib.contextmanager
-def locked(run_dir: Path, enabled: bool = True) -> Iterator[None]:
+def locked(run_dir: Path, enabled: bool = True, holder: str = "mpl-run") -> Iterator[None]:
     """Hold ``run_dir/.lock`` while the block runs; another process holding it raises :class:`RunDirInUse`,
-    having written nothing. The lock file is left in place (removing it would race with a process opening it)."""
+    having written nothing. The lock file is left in place (removing it would race with a process opening it).
+    ``holder``: what the message calls the other process (a sweep dir's lock: "mpl-run sweep")."""
     if not enabled:
         yield
         return
@@ -186,11 +313,28 @@ def locked(run_dir: Path, enabled: bool = True) -> Iterator[None]:
         except BlockingIOError:
             pid = _lock_holder(fd)
             raise RunDirInUse(
-                f"{run_dir} is in use by another mpl-run{f' (pid {pid})' if pid else ''}; wait until it ends"
+                f"{run_dir} is in use by another {holder}{f' (pid {pid})' if pid else ''}; wait until it ends"
             ) from None
         yield
     finally:
         os.close(fd)  # (releases the lock)
+
+
+# --- a run dir that goes away mid-run ----------------------------------------------------------------------------
+
+
+class RunDirGone(Exception):
+    """The run dir was deleted or became unwritable while the run went on: a fault (exit status 1), not a user
+    mistake; nothing more is written (a record there could point at a checkpoint that is gone)."""
+
+
+def require_usable(run_dir: Path) -> None:
+    """Raise :class:`RunDirGone` where ``run_dir`` is no longer a dir this process can write in."""
+    if not run_dir.is_dir():
+        raise RunDirGone(f"the run dir {run_dir} was deleted while the run went on; it stopped, writing nothing more")
+    if not os.access(run_dir, os.W_OK | os.X_OK):
+        raise RunDirGone(f"the run dir {run_dir} became unwritable while the run went on; it stopped, writing "
+                         "nothing more")
 
 
 # --- temp files of killed writes -------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import numbers
+import os
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -101,13 +102,16 @@ class OptunaSweeperConf:
 
 
 def register_search_configs() -> None:
-    """Store ``hydra/sweeper: optuna`` and ``hydra/sweeper/sampler: tpe | random | qmc | gp`` in Hydra's ConfigStore
+    """Store ``hydra/sweeper: basic`` (:mod:`mpl_runner.sweep`), ``hydra/sweeper: optuna`` and ``hydra/sweeper/sampler: tpe | random | qmc | gp`` in Hydra's ConfigStore
     and make the sweeper known to Hydra (it scans ``hydra_plugins``, but not an editable install's)."""
     from hydra.core.plugins import Plugins
 
     plugins = Plugins.instance()  # (first: its scan may import the module below)
-    from hydra_plugins.mpl_runner_search import OptunaSweeper
+    from hydra_plugins.mpl_runner_search import BasicSweeper, OptunaSweeper
+    from mpl_runner.sweep import register_sweeper_config
 
+    register_sweeper_config()  # hydra/sweeper=basic, the default: every job checked first
+    plugins.register(BasicSweeper)
     cs = ConfigStore.instance()
     cs.store(group="hydra/sweeper", name="optuna", node=OptunaSweeperConf, provider="mpl_runner")
     for name, node in SAMPLERS.items():
@@ -129,23 +133,55 @@ def check_storage(storage: Optional[str]) -> None:
 
 
 def open_storage(storage: Optional[str]) -> Any:
-    """The Optuna storage :func:`check_storage` allowed; the folder of a SQLite or journal file is made."""
+    """The Optuna storage :func:`check_storage` allowed (the folder of a SQLite or journal file exists by then:
+    :func:`check_storage_folder`)."""
     import optuna
-    from sqlalchemy.engine import make_url
 
     if storage is None:
         return None
     try:
         if storage.startswith(JOURNAL):
             path = Path(storage[len(JOURNAL):].strip()).expanduser()
-            path.parent.mkdir(parents=True, exist_ok=True)
             return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
-        url = make_url(storage)
-        if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
-            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.RDBStorage(storage)
     except Exception as err:  # noqa: BLE001 - a missing driver, a database that refuses, a file that is none
         raise UserError(f"hydra.sweeper.storage={storage!r}: cannot open the study's storage: {one_line(err)}") from err
+
+
+def check_storage_folder(storage: Optional[str], sweep_dir: Path) -> None:
+    """A storage file goes into a folder that exists, or into the sweep dir (which the sweep makes); no other
+    folder is made for it."""
+    from mpl_runner.run_dirs import storage_path
+
+    path = storage_path(storage) if storage else None
+    if path is None:
+        return
+    folder = Path(os.path.abspath(path)).parent
+    if not folder.is_dir() and folder != Path(os.path.abspath(sweep_dir)):
+        raise ConfigError("hydra.sweeper.storage", storage, f"a file in a folder that exists, or in the sweep dir "
+                                                            f"(${{hydra.sweep.dir}}/...): there is no {folder}")
+
+
+def corners(space: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """Points of the search space that :func:`mpl_runner.sweep.check_jobs` checks before a trial runs: every
+    range at its low end, every range at its high end, and each choice once (the rest at the low end)."""
+    from optuna.distributions import CategoricalDistribution
+
+    def end(dist, high: bool):
+        if isinstance(dist, CategoricalDistribution):
+            return dist.choices[-1 if high else 0]
+        return dist.high if high else dist.low
+
+    low = {key: end(dist, False) for key, dist in space.items()}
+    points = [low, {key: end(dist, True) for key, dist in space.items()}]
+    for key, dist in space.items():
+        if isinstance(dist, CategoricalDistribution):
+            points += [{**low, key: choice} for choice in dist.choices[1:-1]]
+    unique = []
+    for point in points:
+        if point not in unique:
+            unique.append(point)
+    return unique
 
 
 def distribution(override: Override, where: str) -> Any:
@@ -205,7 +241,7 @@ class OptunaSweeperImpl(Sweeper):
 
     def __init__(self, sampler: Any, direction: Any, study_name: Optional[str], storage: Optional[str],
                  n_trials: int, n_jobs: int, params: Optional[DictConfig]):
-        for key, count, least in (("n_trials", n_trials, 0), ("n_jobs", n_jobs, 1)):
+        for key, count, least in (("n_trials", n_trials, 1), ("n_jobs", n_jobs, 1)):
             if count < least:
                 raise ConfigError(f"hydra.sweeper.{key}", count, f">= {least}")
         check_storage(storage)
@@ -225,10 +261,29 @@ class OptunaSweeperImpl(Sweeper):
             hydra_context=hydra_context, task_function=task_function, config=config)
 
     def sweep(self, arguments: List[str]) -> None:
+        from mpl_runner import sweep
+
+        sweep.check_launcher(self.config)
+        space, fixed = search_space(self.params, arguments)
+        if not space:
+            raise ConfigError("hydra.sweeper.params", self.params, "a search space: at least one key with "
+                              f"{GRAMMAR.rsplit(' or ', 1)[0]} (there or on the command line); without one, every "
+                              "trial would run the same config")
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        check_storage_folder(self.storage, sweep_dir)
+        points = [[*fixed, *(f"{key}={value}" for key, value in point.items())] for point in corners(space)]
+        dirs = sweep.check_jobs(self.hydra_context, self.config, points, what="search corner", check_dirs=False)
+        if sweep.DRY_RUN:
+            sweep.list_jobs(points, [d.parent / "<trial>" for d in dirs], what="search corner")
+            return
+        with sweep.sweep_lock(sweep_dir):
+            OmegaConf.save(self.config, sweep_dir / "multirun.yaml")  # (as Hydra's basic sweeper: the command)
+            self._search(space, fixed, sweep_dir)
+
+    def _search(self, space: Dict[str, Any], fixed: List[str], sweep_dir: Path) -> None:
         import optuna
         from optuna.trial import TrialState
 
-        space, fixed = search_space(self.params, arguments)
         storage = open_storage(self.storage)
         study = optuna.create_study(storage=storage, study_name=self.study_name, direction=self.direction,
                                     load_if_exists=True)
@@ -244,7 +299,6 @@ class OptunaSweeperImpl(Sweeper):
             log.warning(f"trial {trial.number} of study {study.study_name!r} was left running (an interrupted "
                         "sweep): marked failed, another trial takes its place")
             study.tell(trial.number, state=TrialState.FAIL)
-        sweep_dir = Path(self.config.hydra.sweep.dir)
         done = complete(study)
         log.info(f"study {study.study_name!r}: {done} of {self.n_trials} trials done; {max(self.n_trials - done, 0)} "
                  f"to run, {self.n_jobs} at a time; search space: {', '.join(space) or 'none'}")

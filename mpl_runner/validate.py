@@ -2,14 +2,17 @@
 
 The options of ``dataset``, ``model`` and ``method`` check their own keys (:mod:`mpl_runner.registry`); this module
 runs those checks, checks ``trainer``, ``optim`` and ``device``, and what spans groups: that the chosen names are
-registered options, that the model takes the data set's inputs, and that torchrun's ranks split every batch.
+registered options, that the model (and MPL's student, ``student_model``) takes the data set's inputs, and that
+torchrun's ranks split every batch.
 Each failure raises :class:`ConfigError` naming the key, the value and what is allowed.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
+from contextlib import contextmanager
 
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -19,9 +22,11 @@ from omegaconf.nodes import BooleanNode
 from mpl_runner.checks import SEEDS, count, get, one_of, positive
 from mpl_runner.errors import ConfigError, UserError
 from mpl_runner.methods.optim import check_optimizer
-from mpl_runner.registry import entries, entry
+from mpl_runner.registry import entry_of
 
 GROUPS = ("dataset", "model", "method")
+#: how a user picks the option of a config key (``student_model`` is set by Hydra's group@package syntax)
+CHOOSE = {"dataset": "dataset=", "model": "model=", "method": "method=", "student_model": "model@student_model="}
 
 
 def reject_unknown_keys(node: DictConfig, prefix: str = "") -> None:
@@ -42,17 +47,50 @@ def validate_seeds(cfg) -> None:
             count(cfg, key, *SEEDS, why=" (numpy's seeds)")
 
 
+def option_keys(cfg) -> list[tuple[str, str]]:
+    """``(key, group)`` of every chosen option: dataset, model, method, and MPL's own student where it is set."""
+    keys = [(group, group) for group in GROUPS]
+    return keys + [("student_model", "model")] if cfg.get("student_model") is not None else keys
+
+
 def validate_names(cfg) -> None:
-    """``<group>.name`` names a registered option of the group whose schema the config has; another name would make
-    the run read keys that option does not have."""
-    for group in GROUPS:
-        name, registered = cfg[group].name, entries(group)
-        if name not in registered:
-            raise ConfigError(f"{group}.name", name, ", ".join(sorted(registered)))
-        if registered[name].schema is not OmegaConf.get_type(cfg[group]):
-            same = sorted(n for n, e in registered.items() if e.schema is OmegaConf.get_type(cfg[group]))
-            raise ConfigError(f"{group}.name", name,
-                              f"{' or '.join(same)} (choose another {group} with {group}=<option>, not with its name)")
+    """Each chosen option was composed from a registered option of its group (known by its schema), and its
+    ``name`` is that option's: another name would make the run read keys that option does not have. (An option
+    whose ``name`` says something else, ``model=timm``'s architecture, checks it itself.)"""
+    for key, group in option_keys(cfg):
+        node = cfg[key]
+        try:
+            option = entry_of(group, node)
+        except LookupError:
+            value = OmegaConf.to_container(node) if isinstance(node, DictConfig) else node
+            allowed = f"an option of {group}, chosen with {CHOOSE[key]}<option>" + (
+                " (or null: the same model as the teacher)" if key == "student_model" else "")
+            raise ConfigError(key, value, allowed) from None
+        if option.fixed_name and node.name != option.name:
+            raise ConfigError(f"{key}.name", node.name,
+                              f"{option.name} (choose another {group} with {CHOOSE[key]}<option>, not with its name)")
+
+
+def model_view(cfg, key: str) -> DictConfig:
+    """``cfg`` with ``model`` replaced by ``cfg[key]``: a model option's hooks read ``model.*``, and its student
+    (``student_model``) is checked by the same hooks."""
+    if key == "model":
+        return cfg
+    view = cfg.copy()
+    view.model = cfg[key]
+    return view
+
+
+@contextmanager
+def renamed(key: str):
+    """Errors about ``model`` or ``model.*`` in the block name ``key`` instead (the checks of a model option name
+    ``model``; run on a view of the student, they speak of ``student_model``)."""
+    try:
+        yield
+    except ConfigError as err:
+        if key == "model" or err.key.split(".")[0] != "model":
+            raise
+        raise ConfigError(key + err.key[len("model"):], err.value, err.allowed) from None
 
 
 def resolvable(cfg) -> None:
@@ -96,8 +134,10 @@ def validate(cfg: DictConfig) -> None:
     validate_device(cfg.device)
     check_optimizer(cfg, "optim")
     positive(cfg, "optim.grad_clip", optional=True)
-    for group in GROUPS:
-        entry(group, cfg[group].name).check(cfg)
+    for key, group in option_keys(cfg):
+        with renamed(key):
+            entry_of(group, cfg[key]).check(model_view(cfg, key) if group == "model" else cfg)
+    validate_student(cfg)
     validate_model_fits_data(cfg)
 
 
@@ -123,17 +163,31 @@ def validate_device(device: str) -> None:
 
 def input_shape(cfg) -> tuple[int, ...]:
     """The shape of one input of the chosen data set, from its config alone."""
-    shape = entry("dataset", cfg.dataset.name).input_shape
+    shape = entry_of("dataset", cfg.dataset).input_shape
     return tuple(shape(cfg)) if shape is not None else ()
 
 
+def validate_student(cfg) -> None:
+    """Only MPL trains a student of its own."""
+    if cfg.student_model is not None and cfg.method.name != "mpl":
+        raise ConfigError("student_model", cfg.student_model.name,
+                          f"null with method={cfg.method.name} (only method=mpl trains a student; "
+                          "drop model@student_model=...)")
+
+
 def validate_model_fits_data(cfg) -> None:
-    """The model takes the data set's inputs (image models need images of their channels and size)."""
-    unfit = entry("model", cfg.model.name).unfit(cfg, input_shape(cfg))
-    if unfit is not None:
-        key, allowed = unfit
-        value = cfg.model.name if key == "model" else OmegaConf.to_container(OmegaConf.select(cfg, key))
-        raise ConfigError(key, value, allowed)
+    """The model and the student take the data set's inputs (image models need images of their channels and
+    size)."""
+    shape = input_shape(cfg)
+    for key in [k for k, group in option_keys(cfg) if group == "model"]:
+        view = model_view(cfg, key)
+        unfit = entry_of("model", cfg[key]).unfit(view, shape)
+        if unfit is not None:
+            found, allowed = unfit
+            value = view.model.name if found == "model" else OmegaConf.select(view, found)
+            value = OmegaConf.to_container(value) if isinstance(value, (DictConfig, ListConfig)) else value
+            with renamed(key):
+                raise ConfigError(found, value, allowed)
 
 
 def validate_overrides(cfg, overrides) -> None:
@@ -156,7 +210,7 @@ def validate_world(cfg, world) -> None:
     """Under torchrun: each global batch splits evenly over the ranks; exact MPL runs on one process only."""
     if not world.distributed:
         return
-    sizes = {**entry("dataset", cfg.dataset.name).batch_sizes(cfg), **entry("method", cfg.method.name).batch_sizes(cfg)}
+    sizes = {**entry_of("dataset", cfg.dataset).batch_sizes(cfg), **entry_of("method", cfg.method).batch_sizes(cfg)}
     for key, size in sizes.items():
         if size % world.size:
             raise ConfigError(key, get(cfg, key), f"a global batch ({size}) divisible by the {world.size} ranks")
@@ -171,6 +225,11 @@ def config_warnings(cfg, device_type: str, amp: str, distributed: bool) -> list[
     """Settings that run, but hardly as meant: the run logs each once, as a warning (console and run.log).
     ``amp``: the precision ``trainer.amp`` resolved to on ``device_type``; ``distributed``: more than one process."""
     found = []
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if cfg.trainer.num_threads is not None and cfg.trainer.num_threads > cores:
+        found.append(f"trainer.num_threads={cfg.trainer.num_threads} > the {cores} CPU cores this process may use: "
+                     "the threads take turns on them (the default two-moons run: 20x slower); trainer.num_threads=null "
+                     "leaves it to torch")
     if amp == "fp16" and device_type == "cpu":
         found.append("trainer.amp=fp16 on the CPU: float16 autocast is slower there than float32 (the default "
                      "two-moons run: about 2.7x); trainer.amp=auto picks none on the CPU")

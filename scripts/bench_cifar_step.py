@@ -91,7 +91,7 @@ def setup(method_name: str, channels_last: bool, device, batch: int, mu: int, co
     cfg = method_config(method_name, depth)
     method = build_method(
         cfg.method, cfg.optim, cfg.trainer.steps,
-        lambda: build_model(cfg.model, (3, 32, 32), 10).to(device, memory_format=fmt),
+        lambda role: build_model(cfg.model, (3, 32, 32), 10).to(device, memory_format=fmt),
     )
     if amp == "fp16":
         method.enable_grad_scaling(device)  # as mpl-run does for trainer.amp=fp16

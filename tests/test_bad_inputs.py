@@ -114,6 +114,32 @@ def empty(tmp: Path, _finished) -> Path:
     return tmp / "empty"
 
 
+def results(tmp: Path, _finished) -> Path:
+    """A dir of the user's results, under the names a run gives its own."""
+    folder = user_files(tmp / "results")
+    (folder / "metrics.json").write_text('{"mine": true}\n')
+    (folder / "confusion_matrix.png").write_bytes(b"my figure")
+    return folder
+
+
+def sweep_with_users_job(tmp: Path, _finished) -> Path:
+    """A sweep dir whose first job dir (by the name the sweep below gives it) holds a file of the user's."""
+    job = tmp / "sweep" / "0_seed=0,trainer.eval_interval=10,trainer.log_interval=10,trainer.steps=30"
+    job.mkdir(parents=True)
+    (job / "notes.txt").write_text("mine\n")
+    return tmp / "sweep"
+
+
+def broken_yaml(tmp: Path, _finished) -> list[str]:
+    (tmp / "mine" / "experiment").mkdir(parents=True)
+    (tmp / "mine" / "experiment" / "broken.yaml").write_text("foo: [1, 2\nbar: : :\n")
+    return ["--config-dir", str(tmp / "mine"), "experiment=broken", f"hydra.run.dir={tmp / 'run'}"]
+
+
+def sweep(*overrides: str) -> Callable[[Path, Path], list[str]]:
+    return lambda tmp, _finished: ["-m", *overrides, f"hydra.sweep.dir={tmp / 'sweep'}"]
+
+
 def finished_copy(tmp: Path, finished: Path) -> Path:
     return Path(shutil.copytree(finished, tmp / "run"))
 
@@ -172,10 +198,69 @@ CASES = {
     "resume the checkpoint file": (in_dir(finished_copy, *TINY, "trainer.resume={dir}/checkpoints/last.pt"),
                                    "last.pt is a file"),
     "resume a dir of the user's files as the run dir": (in_dir(mine, *TINY, "trainer.resume={dir}", run_dir=True),
-                                                        "there is no"),
+                                                        "mine holds notes.txt, which no run wrote"),
     "bad config in a dir of the user's files": (in_dir(mine, "trainer.steps=0", run_dir=True),
-                                                "trainer.steps=0 is not allowed"),
+                                                "mine holds notes.txt, which no run wrote"),
     "bad config in an empty dir": (in_dir(empty, "trainer.steps=0", run_dir=True), "trainer.steps=0 is not allowed"),
+    # output dirs: a run or sweep writes only into a dir that is new, empty or one of ours (issue 22, item 1)
+    "a run dir of the user's results": (in_dir(results, *TINY, run_dir=True),
+                                        "hydra.run.dir='{tmp}/results' is not allowed: a new or empty dir, or a run "
+                                        "dir of mpl-run; {tmp}/results holds confusion_matrix.png, which no run "
+                                        "wrote"),
+    "the working dir as the run dir": (in_dir(mine, *TINY, "hydra.run.dir=.", cwd=True),
+                                       "hydra.run.dir='.' is not allowed: a new or empty dir, or a run dir"),
+    "a sweep dir of the user's files": (in_dir(mine, "-m", "seed=0,1", *TINY, "hydra.sweep.dir={dir}"),
+                                        "hydra.sweep.dir='{tmp}/mine' is not allowed: a new or empty dir, or a sweep "
+                                        "dir of mpl-run (job dirs and its own files); {tmp}/mine holds notes.txt"),
+    "a job dir of the user's files in a sweep dir": (
+        in_dir(sweep_with_users_job, "-m", "seed=0,1", *TINY, "hydra.sweep.dir={dir}"),
+        "sweep holds 0_seed=0,trainer.eval_interval=10,trainer.log_interval=10,trainer.steps=30, which no sweep wrote"),
+    "a job dir of the user's files outside the sweep dir": (
+        in_dir(mine, "-m", "seed=0,1", *TINY, "hydra.sweep.dir={dir}/../sweep", "hydra.sweep.subdir=../mine"),
+        "job 0 (seed=0 trainer.steps=30 trainer.eval_interval=10 trainer.log_interval=10) cannot run: the job dir "
+        "{tmp}/mine holds notes.txt, which no run wrote"),
+    # sweeps: every job composed and checked before the first starts (item 2); none runs twice or shares a dir
+    "a bad job in the middle of a sweep": (
+        sweep("experiment=digits_supervised,digits_uda,digits_mpl", "seed=0,1", "trainer.steps=30"),
+        "job 4 (experiment=digits_mpl seed=0 trainer.steps=30) cannot run: method.student_wait_steps=100 is not "
+        "allowed: 0 to 29"),
+    "a bad job last in a sweep": (sweep("trainer.steps=30,0"),
+                                  "job 1 (trainer.steps=0) cannot run: trainer.steps=0 is not allowed"),
+    "a bad job, parallel launcher": (sweep("trainer.steps=30,0", "hydra/launcher=local_parallel"),
+                                     "job 1 (trainer.steps=0) cannot run: trainer.steps=0 is not allowed"),
+    "a bad job, submitit launcher": (sweep("trainer.steps=30,0", "hydra/launcher=local_submitit"),
+                                     "job 1 (trainer.steps=0) cannot run: trainer.steps=0 is not allowed"),
+    "an unknown option in a sweep": (sweep("method=mpl,foo"), "job 1 (method=foo) cannot run: method=foo is not an "
+                                                             "option"),
+    "a seed twice": (sweep("seed=0,0", *TINY), "job 1 (seed=0 trainer.steps=30 trainer.eval_interval=10 "
+                                                "trainer.log_interval=10) is job 0 again"),
+    "a constant job dir": (sweep("seed=0,1", *TINY, "hydra.sweep.subdir=job"),
+                           "hydra.sweep.subdir='job' is not allowed: a dir of its own for each job, e.g. with "
+                           "${{hydra.job.num}}: jobs 0 and 1 would share {tmp}/sweep/job"),
+    # launchers and sweep syntax (item 3)
+    "slurm without SLURM": (sweep("seed=0,1", "hydra/launcher=slurm"),
+                            "hydra/launcher=slurm needs SLURM, and there is none here (no sbatch on PATH)"),
+    "no parallel jobs": (sweep("seed=0,1", "hydra/launcher=local_parallel", "hydra.launcher.n_jobs=0"),
+                         "hydra.launcher.n_jobs=0 is not allowed: the number of jobs at a time, >= 1"),
+    "no time for submitit": (sweep("seed=0,1", "hydra/launcher=local_submitit", "hydra.launcher.timeout_min=0"),
+                             "hydra.launcher.timeout_min=0 is not allowed: the minutes a job may run, >= 1"),
+    "an interval without a search": (sweep("optim.lr=interval(0.01, 0.1)"),
+                                     "optim.lr=interval(0.01, 0.1): interval(a, b) is a search range, for a search"),
+    "a preset for another method": (config("experiment=digits_mpl", "method=supervised"),
+                                     "experiment=digits_mpl sets method.variant, a key that SupervisedConfig (the "
+                                     "method chosen) does not have: the preset is made for another method; leave "
+                                     "method=... out"),
+    "a path that is not ASCII": (config("dataset.root=/data/é"), "cannot read the override 'dataset.root=/data/é': "
+                                 "its value holds characters other than ASCII; if it is text or a path, quote it for "
+                                 "Hydra and the shell: \"dataset.root='/data/é'\""),
+    "a path with parentheses": (config("dataset.root=/data/a(b)"), "quote it for Hydra and the shell: "
+                                                                   "\"dataset.root='/data/a(b)'\""),
+    "a path with ~": (config("dataset.root=~/data"), "~ is not expanded in an override; write the path out, e.g. "
+                                                     "dataset.root=$HOME/data (the shell expands $HOME)"),
+    "a broken YAML under --config-dir": (broken_yaml, "experiment/broken.yaml, line 2, column 4: not valid YAML: "
+                                                      "while parsing a flow sequence expected ',' or ']', but got ':'"),
+    "a sweep list ending with a comma": (sweep("seed=0,1,"), "a sweep list ends with a comma; leave the last one out: "
+                                                             "seed=0,1"),
 }
 
 
@@ -189,7 +274,7 @@ def test_bad_input_is_one_line_and_changes_nothing(case, tmp_path, finished, mon
     assert status == 2, stderr
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("mpl-run: error: "), stderr
-    assert message in lines[0]
+    assert message.format(tmp=tmp_path) in lines[0]
     assert "Traceback" not in stderr
     assert tree(tmp_path) == before  # nothing written, nothing changed: no run dir, no half record
     assert tree(finished) == finished_before

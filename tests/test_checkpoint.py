@@ -40,7 +40,7 @@ def _method(make_cfg, *overrides):
     cfg = make_cfg("method.ema_decay=0.9", "method.baseline_decay=0.5", *overrides)
     torch.manual_seed(0)
     return cfg, build_method(cfg.method, cfg.optim, cfg.trainer.steps,
-                             lambda: build_model(cfg.model, (2,), 2))
+                             lambda role: build_model(cfg.model, (2,), 2))
 
 
 def _batch(seed: int) -> Batch:
@@ -123,7 +123,7 @@ def test_watch_names_the_first_non_finite_step():
 
 def test_skip_nonfinite_drops_the_update_and_counts_it(make_cfg):
     cfg = make_cfg("method=supervised")
-    method = build_method(cfg.method, cfg.optim, cfg.trainer.steps, lambda: build_model(cfg.model, (2,), 2))
+    method = build_method(cfg.method, cfg.optim, cfg.trainer.steps, lambda role: build_model(cfg.model, (2,), 2))
     method.skip_nonfinite = True
     model = method.models["model"]
     before = [p.detach().clone() for p in model.parameters()]

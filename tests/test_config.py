@@ -49,7 +49,8 @@ def test_default_is_mpl_on_two_moons(make_cfg):
 
 
 #: image models, with a data set of images they fit (the default, two moons, has 2-D points)
-FITTING_DATA = {"wrn28_2": ["dataset=cifar10_4k"], "wrn28_8": ["dataset=cifar10_4k"], "small_cnn": ["dataset=digits"]}
+FITTING_DATA = {"wrn28_2": ["dataset=cifar10_4k"], "wrn28_8": ["dataset=cifar10_4k"], "small_cnn": ["dataset=digits"],
+                "timm": ["dataset=cifar10_4k"]}
 
 
 @pytest.mark.parametrize("group", ["dataset", "model", "method", "optim", "trainer"])

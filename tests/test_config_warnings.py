@@ -50,6 +50,8 @@ def test_settings_that_run_but_hardly_as_meant_are_warned_once_in_the_log(tmp_pa
      ["optim.warmup_steps=400 >= the 400 steps its lr schedule spans (trainer.steps - method.finetune.steps)",
       "method.finetune.warmup_steps=100 >= method.finetune.steps=100"]),
     (["method=supervised", "optim.warmup_steps=500"], ["optim.warmup_steps=500 >= the 500 steps"]),
+    (["trainer.num_threads=1024"], ["trainer.num_threads=1024 > the "]),  # (it ran 20x slower, in silence)
+    (["trainer.num_threads=1"], []),
 ], ids=lambda value: " ".join(value) if value and isinstance(value[0], str) and "=" in value[0] else "")
 def test_which_settings_are_warned_about(make_cfg, overrides, expected):
     found = config_warnings(make_cfg(*overrides), "cpu", "fp16" if "trainer.amp=fp16" in overrides else "none",
@@ -110,3 +112,19 @@ def test_help_lists_the_options_to_choose_not_schemas_or_shared_parts(make_cfg, 
     assert out.startswith("mpl-run: ") and "method:\n  name: mpl" in out  # the header, and the config below
     for preset in ("cifar10_4k_mpl", "digits_uda", "two_moons_paper_supervised"):  # the presets still compose
         assert make_cfg(f"experiment={preset}").method.name in preset
+
+
+def test_a_data_set_smaller_than_the_official_one_is_warned_about_once(make_cfg, tmp_path, caplog):
+    """A CIFAR folder holding fewer training images than the release trained without a word."""
+    import torch
+
+    from mpl_runner.data import build_dataset
+    from test_cifar10_data import PER_BATCH, write_fake_cifar10
+    from test_cifar10_run import TINY_CIFAR
+
+    write_fake_cifar10(tmp_path)
+    build_dataset(make_cfg(*TINY_CIFAR, f"dataset.root={tmp_path}").dataset, torch.device("cpu"))
+    warned = [r.getMessage() for r in caplog.records if "training images" in r.getMessage()]
+    assert warned == [f"dataset.root={tmp_path} holds {5 * PER_BATCH} cifar10 training images, not the 50000 of the "
+                      "official release: a copy cut short or a subset, whose results do not compare with the data "
+                      "set's"]

@@ -2,17 +2,18 @@
 a user gets wrong. Each case is either accepted (a value the key allows) or ends like every user mistake: exit
 status 2, one stderr line ``mpl-run: error: `` that names the key, no traceback, and nothing left behind.
 
-The table walks the config ``mpl-run`` composes for two moons (MLP, MPL), digits (small CNN) and CIFAR-10
-(WideResNet, on a fake data set), one case list per schema field (``dataset.num_labeled`` is a field of each data
-set's schema): a value of the wrong type, out-of-range values (negative, huge, nan, inf), ``null``, an empty value
-(``key=`` and ``key=''``), ``???``, an interpolation that does not resolve, and for ``<group>.name`` another
-option's name. Accepted are ``null`` where the schema says Optional and a huge count where :data:`HUGE_OK` says
-why; everything else is refused. Config groups get null, empty, a number and an unknown name; ``dataset.root``,
-``trainer.resume`` and ``hydra.run.dir`` a file, a missing path, an unreadable and an unwritable one: for real
-where permissions stop this user, simulated (:func:`as_if_mode`) for root, whom they do not stop.
+The table walks the config ``mpl-run`` composes for two moons (MLP, MPL), digits (small CNN), CIFAR-10
+(WideResNet, on a fake data set) and CIFAR-10 with a timm model, one case list per schema field
+(``dataset.num_labeled`` is a field of each data set's schema; the root's ``student_model`` is null): a value of
+the wrong type, out-of-range values (negative, huge, nan, inf), ``null``, an empty value (``key=`` and ``key=''``),
+``???``, an interpolation that does not resolve, and for ``<group>.name`` another option's name. Accepted are
+``null`` where the schema says Optional (or Any) and a huge count where :data:`HUGE_OK` says why; everything else
+is refused. Config groups get null, empty, a number and an unknown name; ``dataset.root``, ``trainer.resume`` and
+``hydra.run.dir`` a file, a missing path, an unreadable and an unwritable one: for real where permissions stop this
+user, simulated (:func:`as_if_mode`) for root, whom they do not stop.
 
-Size and speed: the table runs 1157 cases (108 schema fields, 90 keys) in about 20 s; with the groups (35), paths
-(18), files and the rest (9) the module runs 1219 tests in about 35 s. Accepted values are not trained. A value is
+Size and speed: the table runs 1222 cases (115 schema fields, 96 keys) in about 20 s; with the groups (35), paths
+(18), files and the rest (9) the module runs 1284 tests in about 35 s. Accepted values are not trained. A value is
 applied to the composed config as Hydra applies an override (its own ``_apply_overrides_to_config``) and validated,
 which yields the very line ``mpl-run`` prints for it; the real ``cli()`` (in-process, 44 times) runs for the first
 refused case of each (data set, kind of value, stage that refuses it), for every value that only building the run
@@ -58,6 +59,8 @@ BASES = {
     "two_moons": QUICK,
     "digits": [*QUICK, "dataset=digits", "model=small_cnn"],
     "cifar10": [*TINY_CIFAR, f"dataset.root={ROOT}", "trainer.steps=1", "trainer.progress=false"],
+    "timm": [*(o for o in TINY_CIFAR if not o.startswith("model")), f"dataset.root={ROOT}", "trainer.steps=1",
+             "trainer.progress=false", "model=timm", "model.name=test_resnet"],
 }
 HUGE = 2**40
 #: counts that may be huge, and why (schema class.field); every other integer is bounded
@@ -92,6 +95,8 @@ VALUES = {
     list[float]: [("type", "abc"), ("type", "[[0.1],[0.2]]"), ("type", "[a,b]"), ("range", "[-1,0.5]"),
                   ("range", "[nan,0.5]"), ("range", "[0.5,inf]"), ("range", "[0.5,0.1]"), ("range", "[]"),
                   ("range", "[0.1]")],
+    dict[str, typing.Any]: [("type", "5"), ("type", "abc"), ("type", "[1]"), ("value", "{no_such_argument: 1}")],
+    typing.Any: [("type", "3"), ("type", "[a]"), ("value", "bogus"), ("value", "{name: mlp}")],  # student_model
 }
 
 
@@ -101,7 +106,7 @@ def compose_base(overrides: list[str]):
 
 def _leaves(node: dict, prefix: str = ""):
     for key, value in node.items():
-        if isinstance(value, dict):
+        if isinstance(value, dict) and value:  # (an empty mapping, model.kwargs, is a value of its own)
             yield from _leaves(value, f"{prefix}{key}.")
         else:
             yield f"{prefix}{key}"
@@ -125,7 +130,7 @@ def value_type(hint):
 
 
 def expected(field: str, hint, category: str, value: str) -> str:
-    if category == "null" and is_optional(hint):
+    if category == "null" and (is_optional(hint) or hint is typing.Any):  # (Any: student_model, null by default)
         return "accept"
     if category == "range" and value == str(HUGE) and field in HUGE_OK:
         return "accept"
@@ -365,10 +370,11 @@ PATH_CASES = {
     # hydra.run.dir: where the run writes
     "hydra.run.dir: a file": ("hydra.run.dir", lambda tmp, root: [f"hydra.run.dir={_file(tmp)}"], None),
     "hydra.run.dir: under a file": ("hydra.run.dir", lambda tmp, root: [f"hydra.run.dir={_file(tmp)}/run"], None),
-    "hydra.run.dir: unreadable": ("hydra.run.dir", lambda tmp, root: [f"hydra.run.dir={_mine(tmp)}"],
-                                  lambda tmp, root: ("000", tmp / "mine")),
-    "hydra.run.dir: unwritable": ("hydra.run.dir", lambda tmp, root: [f"hydra.run.dir={_mine(tmp)}"],
-                                  lambda tmp, root: ("555", tmp / "mine")),
+    # (an empty dir: one that holds files of the user's is refused as such, tests/test_bad_inputs.py)
+    "hydra.run.dir: unreadable": ("hydra.run.dir", lambda tmp, root: [f"hydra.run.dir={_empty(tmp)}"],
+                                  lambda tmp, root: ("000", tmp / "empty")),
+    "hydra.run.dir: unwritable": ("hydra.run.dir", lambda tmp, root: [f"hydra.run.dir={_empty(tmp)}"],
+                                  lambda tmp, root: ("555", tmp / "empty")),
     "hydra.run.dir: in an unwritable folder": ("hydra.run.dir",
                                                lambda tmp, root: [f"hydra.run.dir={_mine(tmp)}/run"],
                                                lambda tmp, root: ("555", tmp / "mine")),
@@ -378,6 +384,11 @@ PATH_CASES = {
     "hydra.run.dir: interpolation": ("hydra.run.dir", lambda tmp, root: ["hydra.run.dir=${nope}"], None),
     "hydra.run.dir: a list": ("hydra.run.dir", lambda tmp, root: ["hydra.run.dir=[a]"], None),
 }
+
+
+def _empty(tmp: Path) -> Path:
+    (tmp / "empty").mkdir(exist_ok=True)
+    return tmp / "empty"
 
 
 def _file(tmp: Path) -> Path:

@@ -23,12 +23,12 @@ CPU = torch.device("cpu")
 
 
 def mlp(dropout: float = 0.0):
-    return lambda: MLP(2, 3, [16, 16], "tanh", dropout=dropout).double()
+    return lambda role: MLP(2, 3, [16, 16], "tanh", dropout=dropout).double()
 
 
 def bn_dropout_net():
     """A student with batch norm and dropout, the two things that can make h measure something else."""
-    return lambda: nn.Sequential(nn.Linear(2, 16), nn.BatchNorm1d(16), nn.Tanh(), nn.Dropout(0.3),
+    return lambda role: nn.Sequential(nn.Linear(2, 16), nn.BatchNorm1d(16), nn.Tanh(), nn.Dropout(0.3),
                                  nn.Linear(16, 3)).double()
 
 
@@ -123,7 +123,7 @@ def test_h_is_computed_in_float32_under_bf16_autocast(make_cfg):
     bf16 numbers. Under CPU bf16 autocast they equal the float32 values for the same weights and batch."""
     torch.manual_seed(0)
     method = make_mpl(make_cfg, "optim.lr=1e-3",
-                      model=lambda: nn.Sequential(nn.Linear(2, 64), nn.Tanh(), nn.Linear(64, 3)))
+                      model=lambda role: nn.Sequential(nn.Linear(2, 64), nn.Tanh(), nn.Linear(64, 3)))
     batch = make_batch()
     batch = Batch(*(t.float() if t.is_floating_point() else t for t in (batch.x_l, batch.y_l, batch.x_uw, batch.x_us)))
     fp32 = method.student_labeled_loss(batch, dropout_seed=5)
@@ -158,7 +158,7 @@ def test_a_teacher_step_on_the_mpl_term_follows_the_sign_of_h(make_cfg, agree):
     """When the pseudo labels helped the student (h > 0), the teacher's MPL step makes them more likely; when they
     hurt (h < 0), less likely. The labeled batch is the unlabeled one, labeled as the teacher labels it (agree) or
     with the other class: so the student's step on the pseudo labels lowers (raises) its labeled loss."""
-    method = make_mpl(make_cfg, "optim.lr=0.5", model=lambda: MLP(2, 2, [16], "tanh").double())
+    method = make_mpl(make_cfg, "optim.lr=0.5", model=lambda role: MLP(2, 2, [16], "tanh").double())
     x = make_batch().x_us[:32]
     with torch.no_grad():
         pseudo = method.teacher(x).argmax(dim=1)

@@ -16,7 +16,7 @@ from mpl_runner.models import build_model
 def method(make_cfg, *overrides: str):
     cfg = make_cfg("method=pseudo_labels", "optim.momentum=0", *overrides)
     torch.manual_seed(0)
-    return build_method(cfg.method, cfg.optim, 10, lambda: build_model(cfg.model, (2,), 2))
+    return build_method(cfg.method, cfg.optim, 10, lambda role: build_model(cfg.model, (2,), 2))
 
 
 def batch() -> Batch:

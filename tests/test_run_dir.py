@@ -85,3 +85,61 @@ def test_a_run_going_on_removes_the_temp_files_of_killed_writes_and_nothing_else
     assert log.count("temp file(s) that a killed write left") == 1
     assert "removed 3 temp file(s)" in log and "checkpoints/.last.pt.k1ll3d_x.tmp" in log
     assert (run_dir / "metrics.json").exists()
+
+
+def test_a_sweep_dir_in_use_stops_a_second_sweep_which_changes_nothing(tmp_path, monkeypatch, capsys):
+    """Two sweeps in one hydra.sweep.dir overwrote each other's multirun.yaml and mixed their report: the second is
+    refused in one line naming the pid of the first."""
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "multirun.yaml").write_text("the first sweep's\n")
+    fd = os.open(sweep / LOCK_NAME, os.O_RDONLY | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # (this process stands for the sweep that runs there)
+    try:
+        before = tree(tmp_path)
+        status, stderr = run_cli(["-m", "seed=0,1", *TINY, f"hydra.sweep.dir={sweep}"], tmp_path, monkeypatch, capsys)
+    finally:
+        os.close(fd)
+    assert status == 2, stderr
+    assert stderr.strip().splitlines() == [
+        f"mpl-run: error: {sweep} is in use by another mpl-run sweep (pid {os.getpid()}); wait until it ends"]
+    assert tree(tmp_path) == before
+
+
+def test_dry_run_lists_and_checks_every_job_and_runs_none(tmp_path, monkeypatch, capsys):
+    from conftest import cli_in_process
+
+    args = ["-m", "method=supervised,mpl", "seed=0,1", *TINY, f"hydra.sweep.dir={tmp_path / 'sweep'}", "--dry-run"]
+    status, out, err = cli_in_process(args, tmp_path, monkeypatch, capsys)
+    assert status == 0, err
+    lines = out.strip().splitlines()
+    assert lines[0] == (f"job 0: method=supervised seed=0 {' '.join(TINY)} -> {tmp_path}/sweep/0_method=supervised,"
+                        "seed=0,trainer.eval_interval=10,trainer.log_interval=10,trainer.steps=30")
+    assert len(lines) == 5 and lines[-1] == "4 job(s) checked; none run (--dry-run)"
+    assert list(tmp_path.iterdir()) == []  # nothing written: no sweep dir, no report
+    status, out, err = cli_in_process([*args, "trainer.steps=0"], tmp_path, monkeypatch, capsys)
+    assert status == 2 and "job 0 (method=supervised seed=0 trainer.steps=0 " in err and out == ""
+    status, out, err = cli_in_process([*TINY, "hydra.run.dir=run", "--dry-run"], tmp_path, monkeypatch, capsys)
+    assert status == 0 and out.splitlines()[-1] == "checked; not run (--dry-run)", err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_run_dir_deleted_mid_run_stops_with_one_line_and_exit_1(tmp_path, monkeypatch, capsys):
+    """Deleted while training: it was a TensorBoard writer-thread traceback, then the dir made again holding a
+    metrics.json that claimed a checkpoint that was gone. Now: one line, exit status 1, nothing made again."""
+    from mpl_runner.logging import Tracker
+
+    scalars = Tracker.scalars
+
+    def deletes_the_run_dir(self, step, values, prefix=""):
+        if step >= 15 and self.run_dir.exists():
+            shutil.rmtree(self.run_dir)
+        scalars(self, step, values, prefix)
+
+    monkeypatch.setattr(Tracker, "scalars", deletes_the_run_dir)
+    status, stderr = run_cli([*RESUME, "trainer.log_interval=1", "hydra.run.dir=run"], tmp_path, monkeypatch, capsys)
+    assert status == 1, stderr
+    assert stderr.strip().splitlines() == [
+        f"mpl-run: error: the run dir {tmp_path / 'run'} was deleted while the run went on; it stopped, writing "
+        "nothing more"]
+    assert not (tmp_path / "run").exists()

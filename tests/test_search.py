@@ -138,7 +138,16 @@ def test_params_and_command_line_sweeps_become_optuna_distributions():
      "clusters without a database server)"),
     ("hydra.sweeper.storage=redis://localhost", "hydra.sweeper.storage='redis://localhost' is not allowed: null"),
     ("hydra.sweeper.storage=journal:", "hydra.sweeper.storage='journal:' is not allowed: null"),
-    ("hydra.sweeper.n_trials=-1", "hydra.sweeper.n_trials=-1 is not allowed: >= 0"),
+    ("hydra.sweeper.n_trials=-1", "hydra.sweeper.n_trials=-1 is not allowed: >= 1"),
+    ("hydra.sweeper.n_trials=0", "hydra.sweeper.n_trials=0 is not allowed: >= 1"),  # (it ran nothing, exit 0)
+    ("hydra.sweeper.params=null", "hydra.sweeper.params=None is not allowed: a search space"),  # (20 equal trials)
+    ("hydra.sweeper.storage=sqlite:////nonexistent/dir/x.db", "hydra.sweeper.storage='sqlite:////nonexistent/dir/"
+     "x.db' is not allowed: a file in a folder that exists, or in the sweep dir"),  # (it made /nonexistent/dir)
+    ("hydra.sweeper.storage=journal:/nonexistent/dir/x.log", "hydra.sweeper.storage='journal:/nonexistent/dir/"
+     "x.log' is not allowed: a file in a folder that exists"),
+    ("optim.lr=interval(0, 1)", "search corner 0 (hparams_search=two_moons_optuna dataset.strong_jitter=0.05 "
+     "method.uda.threshold=0.5 method.uda.weight=0.25 optim.lr=0.0) cannot run: optim.lr=0.0 is not allowed"),
+    # (the low corner: trials there would have failed after others ran)
     ("optim.lr=glob(*)", "optim.lr='glob(*)' is not allowed: interval(a, b), tag(log, interval(a, b)), range(a, b[, "
      "step]), choice(x, y, ...) or a plain value (glob(...) is none of them)"),
     ("optim.lr=tag(log, interval(0, 1))", "optim.lr='tag(log, interval(0, 1))' is not allowed: interval(a, b)"),
@@ -149,4 +158,4 @@ def test_a_bad_search_setting_is_one_line(tmp_path, monkeypatch, capsys, overrid
     assert status == 2
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"mpl-run: error: {message}"), stderr
-    assert not job_dirs(tmp_path / "sweep")
+    assert list(tmp_path.iterdir()) == []  # no sweep dir, no storage, no folder for it

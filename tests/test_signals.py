@@ -130,3 +130,22 @@ def test_data_loader_workers_ignore_submitits_signal_too():
     finally:
         for s, handler in before.items():
             signal.signal(s, handler)
+
+
+def test_a_signal_during_the_final_evaluation_stops_it_within_a_batch():
+    """It went through every evaluation batch first (23 s on CIFAR): the stop flag is checked before each."""
+    from mpl_runner.signals import Interrupted, StopSignals
+
+    stop, seen = StopSignals(), []
+
+    def batches():
+        for i in range(10):
+            seen.append(i)
+            if i == 2:
+                stop.received = signal.SIGTERM
+            yield torch.zeros(4, 2), torch.zeros(4, dtype=torch.long)
+
+    with pytest.raises(Interrupted, match="SIGTERM after step 30"):
+        engine.confusion_matrix(torch.nn.Linear(2, 3), batches(), torch.device("cpu"), 3,
+                                check=lambda: stop.check(30))
+    assert seen == [0, 1, 2]

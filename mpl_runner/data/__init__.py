@@ -11,6 +11,6 @@ __all__ = ["Batch", "SSLData", "build_dataset"]
 
 
 def build_dataset(cfg, device: torch.device) -> SSLData:
-    from mpl_runner.registry import entry
+    from mpl_runner.registry import entry_of
 
-    return entry("dataset", cfg.name).build(cfg, device)
+    return entry_of("dataset", cfg).build(cfg, device)

@@ -11,6 +11,7 @@ image (labeled ones included, as in the paper); ``unlabeled: rest`` leaves the l
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -30,6 +31,8 @@ from mpl_runner.errors import ConfigError, DataError, one_line
 from mpl_runner.figures import image_grid
 from mpl_runner.models import eval_mode
 from mpl_runner.registry import register
+
+log = logging.getLogger("mpl_runner")
 
 PIPELINES = ("auto", "device", "workers")
 CPU_PIPELINE = "device"  # what auto picks on the CPU: see README, "Input pipeline"
@@ -185,6 +188,10 @@ def register_image_set(name: str, read: Callable[[Path, bool], Images], num_clas
             images = read(root, cfg.download)
         except PermissionError as err:  # (a folder or file under dataset.root that this user may not read)
             raise DataError(f"dataset.root={cfg.root}: {err.filename or root}: permission denied") from err
+        if len(images.train_y) < num_train:  # (it trains, but its numbers are not those of the data set)
+            log.warning(f"dataset.root={cfg.root} holds {len(images.train_y)} {name} training images, not the "
+                        f"{num_train} of the official release: a copy cut short or a subset, whose results do not "
+                        "compare with the data set's")
         return build(cfg, device, images)
 
     register("dataset", name, schema, build_it, check=lambda cfg: check(cfg, num_classes, num_train, holds),

@@ -9,7 +9,8 @@ __all__ = ["Method", "Phase", "build_method"]
 
 
 def build_method(cfg, optim_cfg, total_steps: int, make_model) -> Method:
-    """``make_model()`` returns a fresh, initialised model on the training device."""
-    from mpl_runner.registry import entry
+    """``make_model(role)`` returns a fresh, initialised model on the training device; ``role`` is the model's name
+    in ``Method.models`` (MPL's "student" is ``student_model`` where that is set)."""
+    from mpl_runner.registry import entry_of
 
-    return entry("method", cfg.name).build(cfg, optim_cfg, total_steps, make_model)
+    return entry_of("method", cfg).build(cfg, optim_cfg, total_steps, make_model)

@@ -92,9 +92,9 @@ class MPL(Method):
         # The teacher trains for the MPL steps; the student starts after student_wait_steps, and its lr schedule
         # (warmup, decay) starts then too; both schedules end where finetuning (the last finetune.steps) begins.
         self.mpl_steps = total_steps - cfg.finetune.steps
-        self.teacher = self.add_model("teacher", make_model(), steps=self.mpl_steps)
+        self.teacher = self.add_model("teacher", make_model("teacher"), steps=self.mpl_steps)
         self.student = self.add_model(
-            "student", make_model(), lr=cfg.student_lr, steps=self.mpl_steps - cfg.student_wait_steps,
+            "student", make_model("student"), lr=cfg.student_lr, steps=self.mpl_steps - cfg.student_wait_steps,
             warmup_steps=cfg.student_warmup_steps,
         )
         if cfg.finetune.steps:

@@ -28,7 +28,7 @@ class PseudoLabels(Method):
     def __init__(self, cfg, optim_cfg, total_steps: int, make_model):
         super().__init__(optim_cfg, total_steps)
         self.cfg = cfg
-        self.model = self.add_model("model", make_model())
+        self.model = self.add_model("model", make_model("model"))
 
     def train_step(self, batch, step: int):
         n_l, n_u = len(batch.y_l), len(batch.x_uw)

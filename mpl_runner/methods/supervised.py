@@ -24,7 +24,7 @@ class Supervised(Method):
     def __init__(self, cfg, optim_cfg, total_steps: int, make_model):
         super().__init__(optim_cfg, total_steps)
         self.cfg = cfg
-        self.model = self.add_model("model", make_model())
+        self.model = self.add_model("model", make_model("model"))
 
     def phases(self) -> list[Phase]:
         return [Phase(0, views="labeled")]  # no unlabeled views are built

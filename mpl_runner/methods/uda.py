@@ -63,7 +63,7 @@ class UDA(Method):
     def __init__(self, cfg, optim_cfg, total_steps: int, make_model):
         super().__init__(optim_cfg, total_steps)
         self.cfg = cfg
-        self.teacher = self.add_model("teacher", make_model())
+        self.teacher = self.add_model("teacher", make_model("teacher"))
 
     def train_step(self, batch, step: int):
         _, loss_sup, loss_uda, mask = teacher_losses(self.net("teacher"), batch, self.cfg, step)

@@ -10,9 +10,37 @@ from torch import nn
 
 
 def build_model(cfg, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """The model a ``model`` node (``cfg.model``, ``cfg.student_model``) describes."""
+    from mpl_runner.registry import entry_of
+
+    return entry_of("model", cfg).build(cfg, input_shape, num_classes)
+
+
+def model_key(cfg, role: str) -> str:
+    """The config key of the method's model ``role`` (a name in ``Method.models``): MPL's student (and its EMA) is
+    ``student_model`` where that is set; every other model is ``model``."""
+    return "student_model" if role.startswith("student") and cfg.get("student_model") is not None else "model"
+
+
+def model_config(cfg, role: str):
+    """The model node of the method's model ``role`` (see :func:`model_key`)."""
+    return cfg[model_key(cfg, role)]
+
+
+def model_node(option: str, values: dict):
+    """A model node rebuilt from what a record keeps of it: its option's registered name (``entry_of("model",
+    node).name``: "timm", "small_cnn", ...) and its values (``OmegaConf.to_container(node)``); build_model takes it."""
+    from omegaconf import OmegaConf
+
     from mpl_runner.registry import entry
 
-    return entry("model", cfg.name).build(cfg, input_shape, num_classes)
+    return OmegaConf.merge(OmegaConf.structured(entry("model", option).schema), values)
+
+
+def handed_out_model_config(cfg, method):
+    """The model node of the model ``method`` hands out (a built :class:`~mpl_runner.methods.Method`, or its
+    ``handed_out`` name): MPL's student's (``student_model`` where set), else ``cfg.model``."""
+    return model_config(cfg, method if isinstance(method, str) else method.handed_out)
 
 
 @contextmanager
