@@ -8,7 +8,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: run test test-all ablation bench gpu-wheels clean
+.PHONY: run test test-all ablation ablation-toy bench gpu-wheels clean
 
 run: $(VENV)/.installed
 	$(BIN)/mpl-run $(ARGS)
@@ -21,6 +21,9 @@ test-all: $(VENV)/.installed
 
 ablation: $(VENV)/.installed
 	$(BIN)/python scripts/ablation.py $(ARGS)
+
+ablation-toy: $(VENV)/.installed  # the toy's untried settings (issue 20): docs/ablation_toy.{md,json,png}, _boundaries.png
+	$(BIN)/python scripts/ablation.py --benchmarks paper_toy_open $(ARGS)
 
 bench: $(VENV)/.installed
 	$(BIN)/python scripts/bench_two_moons.py $(ARGS)

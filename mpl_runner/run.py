@@ -25,7 +25,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from mpl_runner import checkpoint, model_file, run_dirs
 from mpl_runner.config import register_configs
-from mpl_runner.data import SSLData, build_dataset
+from mpl_runner.data import Batch, SSLData, build_dataset
 from mpl_runner.distributed import World, world_from_env
 from mpl_runner.engine import Start, report_split, resolve_amp, train
 from mpl_runner.errors import ConfigError, DataError, UserError
@@ -138,6 +138,8 @@ def _execute(cfg: DictConfig, run_dir: Path, world: World) -> Trained:
     if data.info.get("unlabeled_images") == 0 and any(p.views == "ssl" for p in method.phases()):
         raise DataError(f"dataset.root={cfg.dataset.get('root')} holds no unlabeled images: method={cfg.method.name} "
                         "learns from unlabeled images (method=supervised trains on the labeled ones alone)")
+    if cfg.method.get("feedback_batch") == "validation":
+        method.validation_batch = validation_batch(data, cfg)
     amp = resolve_amp(cfg.trainer.amp, device)
     if amp == "fp16":
         method.enable_grad_scaling(device)
@@ -242,6 +244,17 @@ def _execute(cfg: DictConfig, run_dir: Path, world: World) -> Trained:
 def _headline(metrics: dict) -> str:
     """The handed-out model's accuracies for the console: ``val/acc 93.10%, test/acc 92.85%``."""
     return ", ".join(f"{k} {100 * metrics[k]:.2f}%" for k in ("val/acc", "test/acc") if k in metrics)
+
+
+def validation_batch(data, cfg: DictConfig) -> Batch:
+    """The whole validation split as one labeled batch on the device (``method.feedback_batch=validation``: the
+    teacher's reward is the student's loss on it)."""
+    if "val" not in data.eval_splits:
+        raise DataError(f"method.feedback_batch=validation needs a validation split, and dataset={cfg.dataset.name} "
+                        "has none here (set dataset.num_val > 0)")
+    pairs = list(data.eval_splits["val"])
+    device = pairs[0][0].device if pairs else None
+    return Batch(torch.cat([x.to(device) for x, _ in pairs]), torch.cat([y.to(device) for _, y in pairs]))
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:

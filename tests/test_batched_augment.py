@@ -30,11 +30,14 @@ def gen(seed: int, device: str = "cpu") -> torch.Generator:
     return torch.Generator(device=device).manual_seed(seed)
 
 
-def candidates(image: torch.Tensor, padding: int = 4) -> torch.Tensor:
-    """The 2 x 81 flip-then-reflect-crop views of one C x H x W image (flip with F.pad's reflect mode)."""
+def candidates(image: torch.Tensor, padding: int = 4, grey: bool = False) -> torch.Tensor:
+    """The 2 x 81 flip-then-crop views of one C x H x W image (padded with F.pad's reflect mode, or grey 128)."""
     views = []
     for flipped in (image, image.flip(-1)):
-        padded = nnf.pad(flipped[None].float(), [padding] * 4, mode="reflect")[0].to(torch.uint8)
+        if grey:
+            padded = nnf.pad(flipped[None], [padding] * 4, mode="constant", value=FILL)[0]
+        else:
+            padded = nnf.pad(flipped[None].float(), [padding] * 4, mode="reflect")[0].to(torch.uint8)
         views += [padded[:, t:t + 32, l:l + 32] for t in range(2 * padding + 1) for l in range(2 * padding + 1)]
     return torch.stack(views)
 
@@ -52,6 +55,37 @@ def test_weak_view_is_a_flip_and_reflect_crop_of_its_own_image(device):
         matches = [(view == c).flatten(1).all(1).any().item() for c in cands]
         assert matches[i], f"view {i} is no flip + crop of image {i}"
         assert sum(matches) == 1, f"view {i} also matches another image"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_grey_padding_gives_flips_and_grey_padded_crops_as_the_official_code(device):
+    """pad_mode=grey (data_utils.py pads with 128): each view is one of its own image's flips and grey-padded crops,
+    the very set torchvision's RandomCrop(padding_mode="constant", fill=128) draws from (the worker pipeline's)."""
+    x = images(40, device=device)
+    out = ba.weak(x, gen(3, device), pad_mode="grey").cpu()
+    crop = v2.Compose([v2.RandomHorizontalFlip(), v2.RandomCrop(32, padding=4, fill=FILL, padding_mode="constant")])
+    grey_borders = 0
+    for image, view in zip(x.cpu(), out):
+        cands = candidates(image, grey=True)
+        assert (view == cands).flatten(1).all(1).any(), "not a flip + grey-padded crop of its image"
+        torch.manual_seed(0)
+        assert (crop(image) == cands).flatten(1).all(1).any()  # the workers' transform: the same set of views
+        grey_borders += bool((view[:, 0] == FILL).all() or (view[:, -1] == FILL).all()
+                             or (view[:, :, 0] == FILL).all() or (view[:, :, -1] == FILL).all())
+    assert grey_borders > 20  # 1 - (1/9)^2 of the views have a grey border row or column: reflect would have none
+
+
+def test_the_strong_view_is_built_on_the_weak_view():
+    """The official strong view starts from the weak view's own crop: with RandAugment and cutout off, it is a
+    flip + crop of the weak view (a second flip + crop of the image would not keep the weak view's grey border)."""
+    x = torch.zeros(200, 3, 32, 32, dtype=torch.uint8)
+    g = gen(4)
+    weak = ba.weak(x, g, pad_mode="grey")
+    strong = ba.strong(weak, g, num_ops=0, magnitude=16, cutout_size=0, pad_mode="grey")
+    for w, s in zip(weak, strong):
+        assert (s == candidates(w, grey=True)).flatten(1).all(1).any()
+    # a view padded twice can be grey over up to 8 rows: only a strong view built on a padded weak view is
+    assert ((strong[:, 0] == FILL).all(-1).sum(-1) > 4).any()
 
 
 def test_without_flip_the_views_are_crops_only():
@@ -104,15 +138,26 @@ def per_image_cutouts(x, cut) -> tuple[list[list[int]], list[torch.Tensor]]:
 
 @pytest.mark.parametrize("op, sign", [(op, s) for op in OPS for s in ((1, -1) if op in SIGNED else (1,))])
 def test_batched_op_equals_apply_op_per_image(op, sign):
+    """Each image of a batch gets the op exactly as it gets it alone, whatever its neighbours. For 14 ops
+    apply_op_batch hands the whole batch to the very functional apply_op calls, so this checks what that relies on:
+    that the functional treats each image of ``N x C x H x W`` alone (the per-op strengths are checked against the
+    official formulas in tests/test_randaugment.py). Mutants caught: a batched op computed over the batch as one
+    image (AutoContrast's range, Equalize's histogram, Contrast's grey level, the rotation centre of a stacked
+    image: checked by stacking the batch into one tall image), or outputs that depend on the neighbours."""
     x = op_batch()
+    others = x.clone()
+    others[1::2] = images(12, seed=9)  # every other image replaced: the rest must keep their outputs
     for magnitude in (0, 5, 10, 16, 20):
         if op == "Cutout":  # per-image centres: draw each as randaugment.cutout does, from the seeded global RNG
             centres, expected = per_image_cutouts(x, lambda image: randaugment.apply_op(image, op, magnitude, sign))
             out = ba.apply_op_batch(x, op, magnitude, sign, centres=torch.tensor(centres))
+            out_others = ba.apply_op_batch(others, op, magnitude, sign, centres=torch.tensor(centres))
         else:
             expected = [randaugment.apply_op(image, op, magnitude, sign) for image in x]
             out = ba.apply_op_batch(x, op, magnitude, sign)
+            out_others = ba.apply_op_batch(others, op, magnitude, sign)
         assert out.dtype == torch.uint8 and torch.equal(out, torch.stack(expected)), (op, sign, magnitude)
+        assert torch.equal(out_others[0::2], out[0::2]), (op, sign, magnitude)
 
 
 def test_rand_augment_equals_the_per_image_chain_under_the_same_draws():

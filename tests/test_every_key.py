@@ -211,10 +211,23 @@ def refused_by_cli(args: list[str], tmp: Path, monkeypatch, capsys, key: str, cw
 _SAMPLED: set[tuple[str, str, str]] = set()
 
 
-def test_table_size():
+def test_the_table_covers_every_key_with_every_kind_of_value():
+    """Every leaf key of each base config (nested ones such as method.uda.* and method.finetune.* included) has its
+    schema field in the table, with every value its type gets and the common ones. Mutant caught: a table builder
+    that skips nested keys, a type, or a category (a count of cases > 1000 alone passes all of them)."""
     fields = {(b, k) for b, k, *_ in TABLE.values()}
     print(f"\nthe table runs {len(TABLE)} cases: {len(fields)} schema fields, {len({k for _, k in fields})} keys")
-    assert len(TABLE) > 1000
+    covered = {}
+    for base, key, override, category, _ in TABLE.values():
+        covered.setdefault(schema_field(BASE_CFGS[base], key)[0], set()).add(override.split("=", 1)[1])
+    for base, cfg in BASE_CFGS.items():
+        for key in _leaves(OmegaConf.to_container(cfg, resolve=False)):
+            field, hint = schema_field(cfg, key)
+            values = {value for _, value in VALUES[value_type(hint)] + COMMON + other_name(cfg, key)}
+            assert field in covered, f"{base}: {key} ({field}) has no case"
+            assert values <= covered[field], f"{field}: no case for {sorted(values - covered[field])}"
+    for key in ("method.uda.threshold", "method.finetune.from_ema", "method.feedback_batch", "dataset.pad_mode"):
+        assert any(k == key for _, k, *_ in TABLE.values()), key
 
 
 @pytest.mark.parametrize("case", list(TABLE))

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torchvision.transforms import v2
 
 from conftest import mpl_run
 from mpl_runner.data import cifar10, image_sets
@@ -46,8 +47,18 @@ def test_device_batches_keep_each_image_with_its_label(constant_classes):
         assert batch.x_uw.shape == batch.x_us.shape == (8, 3, 32, 32)
 
 
-def test_both_pipelines_draw_the_same_images_for_each_batch(fake_root):
-    """The batch order is one function of (seed, batch) for both pipelines: the same labeled images (and labels)."""
+def test_both_pipelines_draw_the_same_images_for_each_batch(fake_root, monkeypatch):
+    """The batch order is one function of (seed, batch) for both pipelines: with the augmentations taken out, the
+    very same labeled images (with their labels) and unlabeled images, batch by batch, across epochs. Mutant
+    caught: a pipeline that pairs a label with another image, or draws its rows in another order (the labels
+    alone, which repeat, would not show either)."""
+    from mpl_runner.data import batched_augment, image_workers
+
+    monkeypatch.setattr(batched_augment, "weak", lambda images, generator, **_: images)
+    monkeypatch.setattr(batched_augment, "strong", lambda images, generator, *_, **__: images)
+    monkeypatch.setattr(image_workers, "_flip_crop", lambda *_, **__: [v2.Identity()])
+    monkeypatch.setattr(image_workers, "strong_transform", lambda cfg, mean, std, *_: image_workers.eval_transform(
+        mean, std))
     streams = []
     for pipeline in ("device", "workers"):
         torch.manual_seed(0)  # (the run's seed, which the stream seeds are drawn from)
@@ -55,6 +66,29 @@ def test_both_pipelines_draw_the_same_images_for_each_batch(fake_root):
     for _ in range(12):
         device, workers = (next(s) for s in streams)
         assert torch.equal(device.y_l, workers.y_l)
+        for view in ("x_l", "x_uw", "x_us"):
+            assert torch.allclose(getattr(device, view), getattr(workers, view), atol=1e-6), view
+    assert not torch.equal(device.x_l[0], device.x_l[1])  # (real, different images: the check can fail)
+
+
+@pytest.mark.parametrize("pipeline", ["device", "workers"])
+def test_both_pipelines_build_the_strong_view_on_the_weak_view_with_grey_padding(constant_classes, pipeline):
+    """The official strong view starts from the weak view's own flipped, grey-padded crop (data_utils.py:557-565):
+    with RandAugment and cutout off, each strong view is a flip + grey-padded crop of its weak view. Mutant
+    caught: a strong view drawn from the image itself (a crop of its own, whose grey border does not follow the
+    weak view's), or reflect padding where grey is asked for."""
+    data = build(config(constant_classes, pipeline=pipeline, pad_mode="grey", randaugment_num_ops=0,
+                        cutout_size=0), CPU)
+    batches = data.train_batches(0)
+    greys = 0
+    for _ in range(6):
+        batch = next(batches)
+        for weak, strong in zip(pixels(batch.x_uw), pixels(batch.x_us)):
+            padded = torch.nn.functional.pad(weak, (4, 4, 4, 4), value=128)
+            crops = torch.stack([padded[..., dy:dy + 32, dx:dx + 32] for dy in range(9) for dx in range(9)])
+            assert (torch.cat([crops, crops.flip(-1)]) == strong).flatten(1).all(1).any()
+            greys += bool((weak[:, 0] == 128).all() or (weak[:, -1] == 128).all())
+    assert greys > 0  # grey borders, not reflected ones
 
 
 @pytest.fixture
@@ -114,10 +148,30 @@ def test_auto_is_the_device_pipeline_on_cuda_and_workers_for_torchvision_randaug
 
 
 def test_figures_show_sixteen_strong_views_of_one_image(fake_root, tmp_path):
-    data = build(config(fake_root, pipeline="device"), CPU)
+    """The figure holds the image and 16 strong views of it, different draws, each drawn as a picture. Mutant
+    caught: a figure of 16 empty axes, of one view 16 times, or of views of other images (``len(axes) >= 17``
+    alone passes all three). RandAugment and cutout off, so a view is a flip and shift of its image."""
+    data = build(config(fake_root, pipeline="device", randaugment_num_ops=0, cutout_size=0), CPU)
     figures = data.figures({})
     assert set(figures) == {"augmentations"}  # no teacher: no pseudo labels to show
-    assert len(figures["augmentations"].axes) >= 17
+    shown = [np.asarray(ax.get_images()[0].get_array(), dtype=float) for ax in figures["augmentations"].axes
+             if ax.get_images()]
+    assert len(shown) == 17
+    original, views = shown[0], shown[1:]
+    assert len({v.round(4).tobytes() for v in views}) >= 12  # different draws (2 x 17 x 17 possible views)
+    train_x = image_sets.to_chw(cifar10.read_cifar10(fake_root)[0]).permute(0, 2, 3, 1).numpy() / 255.0
+
+    def shifted_of(view, image) -> bool:
+        """The view's central 16 x 16 is the image's (or its mirror's) at some shift of up to 8 pixels."""
+        centre = view[8:24, 8:24]
+        return any(np.allclose(centre, flipped[8 + dy:24 + dy, 8 + dx:24 + dx], atol=1e-4)
+                   for flipped in (image, image[:, ::-1]) for dy in range(-8, 9) for dx in range(-8, 9))
+
+    source = [i for i, image in enumerate(train_x) if np.allclose(image, original, atol=1e-4)]
+    assert len(source) == 1
+    for view in views:
+        assert shifted_of(view, original)
+        assert not shifted_of(view, train_x[(source[0] + 1) % len(train_x)])
 
 
 REAL_SMOKE = ["experiment=cifar10_smoke", f"dataset.root={REAL_ROOT}", "device=cpu", "trainer.steps=200",

@@ -331,7 +331,214 @@ def test_finetuning_trains_the_student_alone_with_its_own_optimizer_and_schedule
     assert clipped == pytest.approx(1e-3, rel=1e-5)  # (clip_grad_norm_ divides by norm + 1e-6)
 
 
-def test_finetuning_goes_through_the_grad_scaler(make_cfg):
-    method = make_mpl(make_cfg, "method.finetune.steps=2", "method.finetune.batch_size=12")
+def test_finetuning_goes_through_the_grad_scaler_clipping_and_schedule(make_cfg):
+    """With fp16's grad scaler, a finetuning step unscales before it clips and steps at its scheduled lr, and a
+    non-finite gradient is skipped (weights kept, scale lowered). Mutant caught: a finetuning step that bypasses
+    the scaler (the NaN reaches the weights), scales without unscaling (a step 2**16 too large), skips the
+    clipping or the schedule (a dict-keys check passes all of them)."""
+    method = make_mpl(make_cfg, *FINETUNE, "method.finetune.lr=0.01", "method.finetune.schedule=cosine",
+                      "optim.grad_clip=1e-3", steps=12)  # finetuning: the last 2 of 12 steps
     method.enable_grad_scaling(CPU)
     assert set(method.scalers) == {"teacher", "student", "finetune"}
+    batch = make_batch()
+    labeled = Batch(batch.x_l, batch.y_l)
+    before = weights(method.student)
+    scale = method.scalers["finetune"].get_scale()
+    weight = next(method.student.parameters())
+    hook = weight.register_hook(lambda g: torch.full_like(g, float("inf")))
+    method.train_step(labeled, step=10)
+    hook.remove()
+    assert same(weights(method.student), before) and method.scalers["finetune"].get_scale() < scale
+    assert method.lrs()["student"] == pytest.approx(0.01 * 0.5 * (1 + math.cos(math.pi / 2)))  # the schedule moved
+    lr = method.lrs()["student"]
+    method.train_step(labeled, step=11)
+    moved = torch.cat([(before[k] - v).flatten() for k, v in weights(method.student).items()])
+    # plain SGD on the clipped, unscaled gradient: each step moves the weights by lr * (a norm of 1e-3)
+    assert float(moved.norm()) == pytest.approx(lr * 1e-3, rel=1e-4)
+
+
+# --- no feedback without a student step ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["skip_nonfinite", "fp16_scaler"])
+@pytest.mark.parametrize("variant", ["first_order", "exact"])
+def test_a_dropped_student_step_gives_the_teacher_no_feedback_and_keeps_the_baseline(make_cfg, how, variant):
+    """A student step dropped for a non-finite gradient (skip_nonfinite, or the fp16 grad scaler's own skip)
+    gives coefficient 0 and leaves the baseline as it was. Mutants caught: a feedback() that ignores the dropped
+    step (coefficient -baseline, baseline moved toward h), and an update() that does not report the drop."""
+    if variant == "exact" and how == "fp16_scaler":
+        pytest.skip("the exact variant refuses fp16 (no grad scaler)")
+    overrides = ["optim.lr=0.1", "method.baseline_decay=0.9"] + (EXACT if variant == "exact" else [])
+    method, batch = make_mpl(make_cfg, *overrides), make_batch()
+    if how == "skip_nonfinite":
+        method.skip_nonfinite = True
+    else:
+        method.enable_grad_scaling(CPU)
+    method.baseline.fill_(0.5)  # a baseline a mutant would hand the teacher as -0.5
+    student = weights(method.student)
+    # a non-finite gradient in the student's step only (the teacher's own gradients stay finite)
+    weight = next(method.student.parameters())
+    hook = weight.register_hook(lambda g: torch.full_like(g, float("nan")))
+    lookahead = method.lookahead
+    if variant == "exact":  # (its student gradient comes from the lookahead, not from a backward)
+        def nan_lookahead(*args, **kwargs):
+            look = lookahead(*args, **kwargs)
+            return look._replace(student_grads=[torch.full_like(g, float("nan")) for g in look.student_grads])
+        method.lookahead = nan_lookahead
+    teacher_before = weights(method.teacher)
+    stats = method.train_step(batch, step=0)
+    hook.remove()
+    method.lookahead = lookahead
+    assert same(weights(method.student), student)  # the step was dropped ...
+    assert float(stats["teacher/loss_mpl"]) == 0.0  # ... and the teacher got no MPL term
+    if variant == "first_order":
+        assert float(stats["mpl/coefficient"]) == 0.0 and float(method.baseline) == 0.5
+    if how == "skip_nonfinite":
+        assert method.skipped["student"] == 1
+    assert not same(weights(method.teacher), teacher_before)  # the teacher still learns from its labels
+    # the same step with a finite gradient does give feedback (the test can fail)
+    stats = method.train_step(batch, step=1)
+    assert float(stats["teacher/loss_mpl"]) != 0.0
+    if variant == "first_order":
+        assert float(stats["mpl/coefficient"]) != 0.0 and float(method.baseline) != 0.5
+
+
+# --- the toy's untried settings: teacher_labeled_weight, feedback_batch ------------------------------------------
+
+
+def test_teacher_labeled_weight_zero_leaves_the_teacher_the_mpl_term_alone(make_cfg):
+    """With no labeled loss (and no UDA) the teacher's plain-SGD step is -lr * coefficient * grad CE(T(x_u), y_hat):
+    the paper's equation before its auxiliary losses. Mutant caught: a weight that is read but not applied (the
+    labeled loss still in the step), or applied to the MPL term instead."""
+    method, batch = make_mpl(make_cfg, "optim.lr=0.5", "method.teacher_labeled_weight=0"), make_batch()
+    teacher = copy.deepcopy(method.teacher)
+    logits = teacher(batch.x_us)
+    stats = method.train_step(batch, step=0)
+    coefficient = float(stats["mpl/coefficient"])
+    assert coefficient != 0
+    grads = torch.autograd.grad(coefficient * F.cross_entropy(logits, logits.argmax(1)), list(teacher.parameters()))
+    for (name, after), before, grad in zip(method.teacher.named_parameters(), teacher.parameters(), grads):
+        assert torch.allclose(after, before - 0.5 * grad, rtol=0, atol=1e-12), name
+    assert float(stats["teacher/loss"]) == pytest.approx(float(stats["teacher/loss_mpl"]), abs=1e-12)
+    assert float(stats["teacher/loss_sup"]) > 0.5  # logged unweighted: the labels are there, just not learnt
+
+
+def test_teacher_labeled_weight_zero_with_the_control_leaves_nothing_to_learn(make_cfg):
+    method = make_mpl(make_cfg, "optim.lr=0.5", "method.teacher_labeled_weight=0", "method.feedback=none")
+    teacher = weights(method.teacher)
+    method.train_step(make_batch(), step=0)
+    assert same(weights(method.teacher), teacher)
+    labeled = make_mpl(make_cfg, "optim.lr=0.5", "method.feedback=none")  # weight 1: the labels move it
+    labeled.train_step(make_batch(), step=0)
+    assert not same(weights(labeled.teacher), teacher)
+
+
+def validation_points(seed: int = 9) -> Batch:
+    g = torch.Generator().manual_seed(seed)
+    return Batch(torch.randn(40, 2, generator=g, dtype=torch.float64), torch.randint(3, (40,), generator=g))
+
+
+def test_feedback_batch_validation_measures_old_and_new_on_the_validation_batch(make_cfg):
+    """h is the student's loss on the validation batch before minus after its step, not on the labeled batch.
+    Mutant caught: a reward that reads the labeled batch whatever the key says."""
+    batch, val = make_batch(), validation_points()
+    h = {}
+    for where in ("labeled", "validation"):
+        method = make_mpl(make_cfg, "optim.lr=0.5", f"method.feedback_batch={where}")
+        method.validation_batch = val
+        student = copy.deepcopy(method.student)
+        stats = method.train_step(batch, step=0)
+        h[where] = float(stats["mpl/h"])
+        reward = val if where == "validation" else batch
+        with torch.no_grad():
+            expected = (F.cross_entropy(student(reward.x_l), reward.y_l)
+                        - F.cross_entropy(method.student(reward.x_l), reward.y_l))
+        assert h[where] == pytest.approx(float(expected), rel=1e-9, abs=1e-15)
+    assert h["labeled"] != pytest.approx(h["validation"], rel=1e-3)
+
+
+def test_feedback_batch_validation_exact_meta_loss_is_the_validation_loss_after_the_step(make_cfg):
+    method, batch, val = make_mpl(make_cfg, *EXACT, "optim.lr=0.5", "method.feedback_batch=validation"), \
+        make_batch(), validation_points()
+    method.validation_batch = val
+    with torch.no_grad():
+        t_logits_us = method.teacher(batch.x_us)
+    state = torch.get_rng_state()
+    look = method.lookahead(batch, t_logits_us)
+    torch.set_rng_state(state)
+    method.train_step(batch, step=0)
+    with torch.no_grad():
+        after = F.cross_entropy(method.student(val.x_l), val.y_l)
+    assert float(look.meta_loss.detach()) == pytest.approx(float(after), rel=1e-6)
+
+
+def test_feedback_batch_validation_is_refused_without_a_validation_split(make_cfg):
+    from mpl_runner.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        validate(make_cfg("method=mpl", "dataset=digits", "model=small_cnn", "dataset.num_val=0",
+                          "method.feedback_batch=validation"))
+    assert err.value.key == "method.feedback_batch"
+
+
+def test_a_run_hands_the_whole_validation_split_to_the_reward(make_cfg):
+    from mpl_runner.data import build_dataset
+    from mpl_runner.run import validation_batch
+
+    cfg = make_cfg("method=mpl", "method.feedback_batch=validation")
+    data = build_dataset(cfg.dataset, CPU)
+    val = validation_batch(data, cfg)
+    (x, y), = data.eval_splits["val"]
+    assert torch.equal(val.x_l, x) and torch.equal(val.y_l, y) and len(y) == 2 * cfg.dataset.points_per_class
+
+
+# --- finetuning as kekmodel/MPL-pytorch does it ------------------------------------------------------------------
+
+
+FINETUNE = ["method.finetune.steps=2", "method.finetune.batch_size=12", "method.finetune.momentum=0"]
+
+
+def test_finetuning_from_ema_starts_from_the_ema_student(make_cfg):
+    """Mutant caught: from_ema ignored (finetuning starts from the raw student), or the EMA copied again on every
+    finetuning step (the second step would undo the first)."""
+    method = make_mpl(make_cfg, "optim.lr=0.5", "method.ema_decay=0.5", *FINETUNE, "method.finetune.from_ema=true",
+                      "method.finetune.lr=0.1")
+    for step in range(3):
+        method.train_step(make_batch(step), step)
+    ema = weights(method.ema.module)
+    assert not same(weights(method.student), ema)
+    batch = make_batch()
+    start = copy.deepcopy(method.ema.module)
+    method.train_step(Batch(batch.x_l, batch.y_l), step=8)
+    grads = torch.autograd.grad(F.cross_entropy(start(batch.x_l), batch.y_l), list(start.parameters()))
+    for (name, after), before, grad in zip(method.student.named_parameters(), start.parameters(), grads):
+        assert torch.allclose(after, before - 0.1 * grad, rtol=0, atol=1e-12), name
+    first = weights(method.student)
+    method.train_step(Batch(batch.x_l, batch.y_l), step=9)
+    moved = weights(method.student)
+    assert not same(moved, first) and not same(moved, ema)
+
+
+def test_finetuning_without_dropout_is_deterministic_and_puts_dropout_back(make_cfg):
+    losses = {}
+    for dropout in ("true", "false"):
+        method = make_mpl(make_cfg, *FINETUNE, f"method.finetune.dropout={dropout}", model=mlp(dropout=0.5))
+        batch = make_batch()
+        with torch.no_grad():
+            method.student.eval()
+            plain = float(F.cross_entropy(method.student(batch.x_l), batch.y_l))
+            method.student.train()
+        losses[dropout] = float(method.train_step(Batch(batch.x_l, batch.y_l), step=8)["student/loss_finetune"])
+        assert all(m.training for m in method.student.modules())
+        if dropout == "false":
+            assert losses[dropout] == pytest.approx(plain, rel=1e-12)
+        else:
+            assert losses[dropout] != pytest.approx(plain, rel=1e-6)
+
+
+def test_finetuning_from_ema_needs_an_ema(make_cfg):
+    from mpl_runner.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        validate(make_cfg("method=mpl", *PLAIN, *FINETUNE, "method.finetune.from_ema=true"))
+    assert err.value.key == "method.finetune.from_ema"

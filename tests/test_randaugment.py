@@ -6,8 +6,6 @@ import numpy as np
 import pytest
 import torch
 from torchvision.transforms import v2
-from torchvision.transforms.v2 import InterpolationMode
-from torchvision.transforms.v2 import functional as F
 
 from conftest import compose_cfg
 from mpl_runner.data import cifar10, image_workers, randaugment
@@ -86,9 +84,11 @@ def test_official_constants_and_edge_levels():
 @pytest.mark.parametrize("sign", [1, -1])
 def test_rotate_turns_by_48_degrees_as_tf_does(sign):
     x = image()
+    # Against tf.contrib.image.rotate's mapping written out here (not the torchvision call the code makes).
+    # Mutant caught: the other direction, degrees taken as radians, another centre, or a bilinear fill.
     out = apply_op(x, "Rotate", 16, sign)
-    assert torch.equal(out, F.rotate(x, sign * 48.0, interpolation=InterpolationMode.NEAREST, fill=128))
     assert agree(out, tf_rotate(x, sign * 48.0)) > 0.98  # float grids may round a rare pixel the other way
+    assert agree(out, tf_rotate(x, -sign * 48.0)) < 0.5
 
 
 @pytest.mark.parametrize("op, sign", [("ShearX", 1), ("ShearX", -1), ("ShearY", 1), ("ShearY", -1)])
@@ -125,8 +125,32 @@ def test_colour_ops_blend_by_2_98():
     # official contrast: a constant grey of 32*32/256 = 4 (the histogram's mean), not the image's mean
     expected = (x.float() * 2.98 + 4 * (1 - 2.98)).clamp(0, 255).to(torch.uint8)
     assert torch.equal(apply_op(x, "Contrast", 16), expected)
-    assert torch.equal(apply_op(x, "Color", 16), F.adjust_saturation(x, 2.98))
-    assert torch.equal(apply_op(x, "Sharpness", 16), F.adjust_sharpness(x, 2.98))
+
+
+
+def tf_blend(degenerate: np.ndarray, image: np.ndarray, factor: float) -> np.ndarray:
+    """augment.py's blend: degenerate + factor * (image - degenerate), clipped to 0..255, truncated to uint8."""
+    return np.clip(degenerate + factor * (image - degenerate), 0, 255).astype(np.uint8).astype(np.float64)
+
+
+def test_colour_and_sharpness_blend_by_2_98_as_tf_does():
+    """Color and Sharpness against augment.py's formulas written out in numpy (not the torchvision calls the code
+    makes): within the grey level TF's conversions round differently (a level of the degenerate image becomes
+    |1 - 2.98| of the output). Mutant caught: a blend with another degenerate image (the mean colour, a blur of
+    other weights), the factor inverted, or the op left out."""
+    x = image()
+    img = x.numpy().astype(np.float64)
+    grey = np.floor(0.2989 * img[0] + 0.587 * img[1] + 0.114 * img[2] + 0.5)  # rgb_to_grayscale, to uint8
+    color = tf_blend(np.broadcast_to(grey, img.shape), img, 2.98)
+    kernel = np.array([[1, 1, 1], [1, 5, 1], [1, 1, 1]], dtype=np.float64) / 13  # augment.py:339-345
+    smooth = img.copy()  # the 1-pixel border keeps the image (augment.py:350-355)
+    smooth[:, 1:-1, 1:-1] = sum(kernel[dy, dx] * img[:, dy:dy + 30, dx:dx + 30] for dy in range(3) for dx in range(3))
+    sharp = tf_blend(np.clip(smooth, 0, 255).astype(np.uint8).astype(np.float64), img, 2.98)
+    for op, reference in (("Color", color), ("Sharpness", sharp)):
+        out = apply_op(x, op, 16).numpy().astype(np.float64)
+        diff = np.abs(out - reference)
+        assert diff.max() <= 3 and diff.mean() < 1, (op, diff.max(), diff.mean())  # (a mutant: 30 and more)
+        assert np.abs(out - img).mean() > 10  # the op does change the image: the comparison can fail
 
 
 def filled_box(out: torch.Tensor) -> tuple[int, int]:

@@ -96,8 +96,23 @@ def test_a_journal_file_study_goes_on_after_a_crash_and_an_interrupted_trial(tmp
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # (QMCSampler)
 @pytest.mark.parametrize("name", SAMPLERS)
 def test_every_sampler_is_made_with_its_seed(name):
-    sampler = instantiate(OmegaConf.structured(SAMPLERS[name](seed=3)))
-    assert isinstance(sampler, optuna.samplers.BaseSampler)
+    """The named sampler, and its seed decides what it proposes: the same seed, the same trials; another seed,
+    others. Mutant caught: a config that leaves the seed out (every search unrepeatable) or names another class
+    (an isinstance check passes both)."""
+    classes = {"tpe": "TPESampler", "random": "RandomSampler", "qmc": "QMCSampler", "gp": "GPSampler"}
+
+    def proposals(seed: int) -> list[tuple[float, int]]:
+        sampler = instantiate(OmegaConf.structured(SAMPLERS[name](seed=seed)))
+        assert type(sampler).__name__ == classes[name]
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        trials = optuna.create_study(sampler=sampler)
+        trials.optimize(lambda t: t.suggest_float("lr", 1e-4, 1.0, log=True) + t.suggest_int("width", 1, 64),
+                        n_trials=4)
+        return [(t.params["lr"], t.params["width"]) for t in trials.trials]
+
+    first = proposals(3)
+    assert proposals(3) == first and proposals(4) != first
+    assert len(set(first)) == 4  # (the trials differ from one another: the check can fail)
 
 
 def test_params_and_command_line_sweeps_become_optuna_distributions():

@@ -15,7 +15,8 @@ Draw order, fixed so that one generator state gives one output (bit-identical on
   ``rand(N, L)`` (applied if <= p), ``rand(N, L)`` (sign +1 if >= 0.5), ``randint(H, (N, L))``,
   ``randint(W, (N, L))`` (the in-RandAugment Cutout centres).
 * :func:`cutout`: ``randint(H, (N,))``, ``randint(W, (N,))``; nothing for ``size`` 0.
-* :func:`strong`: flip_crop, rand_augment, cutout, flip_crop, in that order; :func:`weak`: flip_crop.
+* :func:`weak`: flip_crop; :func:`strong` (on a weak view, as the official code builds it): rand_augment, cutout,
+  flip_crop, in that order.
 
 The inputs are never modified; outputs are new tensors (except ``cutout`` with ``size`` 0, which returns its input).
 """
@@ -29,6 +30,7 @@ from torchvision.transforms.v2 import functional as F
 
 from mpl_runner.data.randaugment import CROP_PADDING, FILL, OPS, SIGNED, apply_op, even_pixels, scaled, strength
 
+PAD_MODES = ("reflect", "grey")  # dataset.pad_mode: grey pads with FILL (data_utils.py:428-437)
 _SIGNED_INDEX = [i for i, op in enumerate(OPS) if op in SIGNED]
 _CUTOUT_INDEX = OPS.index("Cutout")
 
@@ -47,15 +49,16 @@ def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
     return torch.where(index >= size, 2 * (size - 1) - index, index)
 
 
-def flip_crop(images: torch.Tensor, generator: torch.Generator, padding: int = 4, flip: bool = True) -> torch.Tensor:
-    """``RandomHorizontalFlip()`` then ``RandomCrop(H x W, padding, padding_mode="reflect")`` per image: each image
-    is flipped with p = 0.5 (never for ``flip=False``), then cropped back to H x W from its reflect-padded version
-    at a uniform offset in ``0 .. 2*padding`` on each axis. One gather from computed source indices; no padded copy,
-    no float."""
+def flip_crop(images: torch.Tensor, generator: torch.Generator, padding: int = 4, flip: bool = True,
+              fill: int | None = None) -> torch.Tensor:
+    """``RandomHorizontalFlip()`` then ``RandomCrop(H x W, padding, padding_mode="reflect")`` per image (or, with a
+    ``fill``, ``padding_mode="constant"`` with that value): each image is flipped with p = 0.5 (never for
+    ``flip=False``), then cropped back to H x W from its padded version at a uniform offset in ``0 .. 2*padding``
+    on each axis. One gather from computed source indices; no padded copy, no float."""
     _check(images, generator)
     n, c, h, w = images.shape
     if not 0 <= padding < min(h, w):
-        raise ValueError(f"reflect padding must be in 0..{min(h, w) - 1}, got {padding}")
+        raise ValueError(f"padding must be in 0..{min(h, w) - 1}, got {padding}")
     dev = images.device
     if flip:
         flipped = torch.rand(n, generator=generator, device=dev) < 0.5
@@ -63,19 +66,26 @@ def flip_crop(images: torch.Tensor, generator: torch.Generator, padding: int = 4
         flipped = torch.zeros(n, dtype=torch.bool, device=dev)
     top = torch.randint(2 * padding + 1, (n,), generator=generator, device=dev)
     left = torch.randint(2 * padding + 1, (n,), generator=generator, device=dev)
-    return flip_crop_at(images, flipped, top, left, padding)
+    return flip_crop_at(images, flipped, top, left, padding, fill)
 
 
 def flip_crop_at(images: torch.Tensor, flipped: torch.Tensor, top: torch.Tensor, left: torch.Tensor,
-                 padding: int = 4) -> torch.Tensor:
+                 padding: int = 4, fill: int | None = None) -> torch.Tensor:
     """:func:`flip_crop` with given draws (N each: flip or not, top and left offsets in ``0 .. 2*padding``)."""
     n, c, h, w = images.shape
     dev = images.device
-    rows = _reflect(torch.arange(h, device=dev) + (top - padding)[:, None], h)  # N x H
-    cols = _reflect(torch.arange(w, device=dev) + (left - padding)[:, None], w)  # N x W, in the flipped image
+    rows = torch.arange(h, device=dev) + (top - padding)[:, None]  # N x H, positions in the padded axis
+    cols = torch.arange(w, device=dev) + (left - padding)[:, None]  # N x W, in the flipped image
+    inside = None
+    if fill is None:
+        rows, cols = _reflect(rows, h), _reflect(cols, w)
+    else:
+        inside = (((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :])[:, None]
+        rows, cols = rows.clamp(0, h - 1), cols.clamp(0, w - 1)
     cols = torch.where(flipped[:, None], w - 1 - cols, cols)
     index = (rows[:, :, None] * w + cols[:, None, :]).view(n, 1, h * w).expand(n, c, h * w)
-    return images.reshape(n, c, h * w).gather(2, index).view(n, c, h, w)
+    out = images.reshape(n, c, h * w).gather(2, index).view(n, c, h, w)
+    return out if inside is None else torch.where(inside, out, _fill_value(images, fill))
 
 
 def _fill_value(images: torch.Tensor, fill) -> torch.Tensor:
@@ -182,24 +192,30 @@ def crop_padding(side: int) -> int:
     return max(1, round(scaled(CROP_PADDING, side)))
 
 
-def weak(images: torch.Tensor, generator: torch.Generator, flip: bool = True) -> torch.Tensor:
-    """The weak view, uint8 (``weak_transform`` before its normalisation): flip + pad-4 reflect crop (the pad
-    scaled with the side)."""
-    return flip_crop(images, generator, crop_padding(images.shape[-1]), flip=flip)
+def _pad_fill(pad_mode: str, fill=FILL):
+    if pad_mode not in PAD_MODES:
+        raise ValueError(f"pad_mode must be one of {PAD_MODES}, got {pad_mode!r}")
+    return fill if pad_mode == "grey" else None
 
 
-def strong(images: torch.Tensor, generator: torch.Generator, num_ops: int, magnitude: float, cutout_size: int,
-           fill=FILL, flip: bool = True) -> torch.Tensor:
+def weak(images: torch.Tensor, generator: torch.Generator, flip: bool = True, pad_mode: str = "reflect"
+         ) -> torch.Tensor:
+    """The weak view, uint8 (``weak_transform`` before its normalisation): flip + pad-4 crop, the pad reflected or
+    grey (``pad_mode``) and scaled with the side."""
+    return flip_crop(images, generator, crop_padding(images.shape[-1]), flip=flip, fill=_pad_fill(pad_mode))
+
+
+def strong(weak_views: torch.Tensor, generator: torch.Generator, num_ops: int, magnitude: float, cutout_size: int,
+           fill=FILL, flip: bool = True, pad_mode: str = "reflect") -> torch.Tensor:
     """The official strong view, uint8 (``strong_transform`` with ``randaugment="official"`` before its
-    normalisation): flip + crop, RandAugment, a ``cutout_size`` square of ``fill``, flip + crop
-    (data_utils.py:557-565); ``flip=False`` leaves out both flips. ``cutout_size`` and the pad are given for a side
-    of 32 and scale with the images' side (:func:`randaugment.scaled`)."""
-    side = images.shape[-1]
-    padding = crop_padding(side)
-    images = flip_crop(images, generator, padding, flip=flip)
-    images = rand_augment(images, generator, num_ops, magnitude, fill)
+    normalisation), built as the official code builds it from the image's weak view (its flipped, padded crop):
+    RandAugment, a ``cutout_size`` square of ``fill``, flip + crop again (data_utils.py:557-565); ``flip=False``
+    leaves out the flip. ``cutout_size`` and the pad are given for a side of 32 and scale with the images' side
+    (:func:`randaugment.scaled`)."""
+    side = weak_views.shape[-1]
+    images = rand_augment(weak_views, generator, num_ops, magnitude, fill)
     images = cutout(images, generator, even_pixels(cutout_size, side), fill)
-    return flip_crop(images, generator, padding, flip=flip)
+    return flip_crop(images, generator, crop_padding(side), flip=flip, fill=_pad_fill(pad_mode, fill))
 
 
 def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:

@@ -43,13 +43,19 @@ class Pipeline:
         self.splits = {name: (x.to(device), None if y is None else y.to(device)) for name, (x, y) in splits.items()}
 
     def _weak(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        return augment.normalize(augment.weak(images, generator, flip=self.cfg.flip), self.mean, self.std)
+        """The weak view, uint8."""
+        return augment.weak(images, generator, flip=self.cfg.flip, pad_mode=self.cfg.pad_mode)
 
-    def _strong(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def _strong(self, weak: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """The strong view of a weak view (the official code builds it so), normalised."""
         cfg = self.cfg
-        views = augment.strong(images, generator, cfg.randaugment_num_ops, cfg.randaugment_magnitude,
-                               cfg.cutout_size, flip=cfg.flip)
+        views = augment.strong(weak, generator, cfg.randaugment_num_ops, cfg.randaugment_magnitude,
+                               cfg.cutout_size, flip=cfg.flip, pad_mode=cfg.pad_mode)
         return augment.normalize(views, self.mean, self.std)
+
+    def _views(self, images: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        weak = self._weak(images, generator)
+        return augment.normalize(weak, self.mean, self.std), self._strong(weak, generator)
 
     def _batch(self, name: str, order: EpochOrder, b: int, seed: int) -> tuple[torch.Tensor, ...]:
         x, y = self.splits[name]
@@ -57,8 +63,8 @@ class Pipeline:
         generator = torch.Generator(self.device).manual_seed(mix(seed, b))
         images = x[rows]
         if name == "labeled":
-            return self._weak(images, generator), y[rows]
-        return self._weak(images, generator), self._strong(images, generator)
+            return augment.normalize(self._weak(images, generator), self.mean, self.std), y[rows]
+        return self._views(images, generator)
 
     def train_batches(self, sizes: dict[str, int], seeds: list[int], start: int, rank: int, world: int
                       ) -> Iterator[Batch]:
@@ -83,5 +89,5 @@ class Pipeline:
         on the CPU; the run's RNG untouched."""
         pool = self.splits["unlabeled" if self.num_unlabeled else "labeled"][0]
         images = pool[torch.as_tensor(indices, device=self.device)]
-        views = self._strong(images, torch.Generator(self.device).manual_seed(seed))
+        _, views = self._views(images, torch.Generator(self.device).manual_seed(seed))
         return augment.normalize(images, self.mean, self.std).cpu(), views.cpu()

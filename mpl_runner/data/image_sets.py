@@ -24,6 +24,7 @@ from omegaconf import MISSING
 from mpl_runner.checks import balanced_labels, count, fraction, one_of, positive
 from mpl_runner.data import image_device, image_workers
 from mpl_runner.data.batch import SSLData
+from mpl_runner.data.batched_augment import PAD_MODES
 from mpl_runner.data.randaugment import MAX_MAGNITUDE
 from mpl_runner.data.splits import labeled_and_validation, mix
 from mpl_runner.errors import ConfigError, DataError, one_line
@@ -52,6 +53,7 @@ class ImageViewsConfig:
     pin_memory: bool = MISSING  # workers pipeline, on CUDA
     persistent_workers: bool = MISSING  # workers pipeline, when num_workers > 0
     flip: bool = MISSING  # horizontal flips in the views (not for digits: SVHN)
+    pad_mode: str = MISSING  # the pad of the pad-and-crop: grey (128, the official code's) or reflect (the ports')
     # official: the MPL code's RandAugment + cutout (mpl_runner/data/randaugment.py); torchvision: v2.RandAugment
     # + RandomErasing (cutout_scale, cutout_probability), for comparison (workers pipeline only)
     randaugment: str = MISSING
@@ -106,6 +108,7 @@ def check_views(cfg, folder: str, pipelines=PIPELINES) -> None:
         raise ConfigError("dataset.root", data.root, f"the folder that holds {folder}")
     count(cfg, "dataset.randaugment_num_ops", 0, 14, why=" (RandAugment's ops)")
     one_of(cfg, "dataset.randaugment", ("official", "torchvision"))
+    one_of(cfg, "dataset.pad_mode", PAD_MODES)
     if data.randaugment == "official":
         top, scale = MAX_MAGNITUDE, "the official level; its _MAX_LEVEL is 10"
     else:

@@ -27,8 +27,11 @@ def _normalize(mean, std) -> list[v2.Transform]:
     return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
 
 
-def _flip_crop(flip: bool = True, side: int = 32) -> list[v2.Transform]:
-    crop = v2.RandomCrop(side, padding=crop_padding(side), padding_mode="reflect")
+def _flip_crop(flip: bool = True, side: int = 32, pad_mode: str = "reflect") -> list[v2.Transform]:
+    if pad_mode == "grey":
+        crop = v2.RandomCrop(side, padding=crop_padding(side), fill=FILL, padding_mode="constant")
+    else:
+        crop = v2.RandomCrop(side, padding=crop_padding(side), padding_mode="reflect")
     return [v2.RandomHorizontalFlip(), crop] if flip else [crop]
 
 
@@ -36,25 +39,39 @@ def eval_transform(mean, std) -> v2.Compose:
     return v2.Compose(_normalize(mean, std))
 
 
-def weak_transform(mean, std, flip: bool = True, side: int = 32) -> v2.Compose:
-    return v2.Compose([*_flip_crop(flip, side), *_normalize(mean, std)])
+def weak_crop(flip: bool = True, side: int = 32, pad_mode: str = "reflect") -> v2.Compose:
+    """The weak view before its normalisation (uint8): flip + pad-and-crop."""
+    return v2.Compose(_flip_crop(flip, side, pad_mode))
+
+
+def weak_transform(mean, std, flip: bool = True, side: int = 32, pad_mode: str = "reflect") -> v2.Compose:
+    return v2.Compose([*_flip_crop(flip, side, pad_mode), *_normalize(mean, std)])
+
+
+def strong_from_weak(cfg) -> bool:
+    """Whether :func:`strong_transform` takes the image's weak view (the official strong view: built on the weak
+    view's own flipped, padded crop) rather than the image."""
+    return cfg.randaugment == "official"
 
 
 def strong_transform(cfg, mean, std, flip: bool = True, side: int = 32) -> v2.Compose:
     """The strong view ``dataset.randaugment`` names (see :class:`~mpl_runner.data.image_sets.ImageSetConfig`), for
-    images of ``side`` x ``side`` pixels (pixel strengths scale with it: :func:`randaugment.scaled`)."""
+    images of ``side`` x ``side`` pixels (pixel strengths scale with it: :func:`randaugment.scaled`); official: of
+    the weak view (:func:`strong_from_weak`)."""
+    pad_mode = cfg.pad_mode
     if cfg.randaugment == "official":
-        # The official MPL strong view (google-research meta_pseudo_labels, data_utils.py:557-565): flip + crop, its
-        # RandAugment, a cutout_size square of grey 128, then flip + crop again. See mpl_runner/data/randaugment.py.
+        # The official MPL strong view (google-research meta_pseudo_labels, data_utils.py:557-565): on the weak
+        # view's flipped, padded crop, its RandAugment, a cutout_size square of grey 128, then flip + crop again.
+        # See mpl_runner/data/randaugment.py.
         rand_augment = [OfficialRandAugment(cfg.randaugment_num_ops, cfg.randaugment_magnitude, FILL),
                         OfficialCutout(even_pixels(cfg.cutout_size, side), FILL)]
-        return v2.Compose([*_flip_crop(flip, side), *rand_augment, *_flip_crop(flip, side), *_normalize(mean, std)])
+        return v2.Compose([*rand_augment, *_flip_crop(flip, side, pad_mode), *_normalize(mean, std)])
     # torchvision's RandAugment (0-30 scale) and RandomErasing, for comparison. Cutout fills with the mean colour,
     # which normalises to zero.
     fill = [round(255 * m) for m in mean]
     cutout = v2.RandomErasing(cfg.cutout_probability, scale=tuple(cfg.cutout_scale), ratio=(1.0, 1.0), value=fill)
     rand_augment = v2.RandAugment(cfg.randaugment_num_ops, cfg.randaugment_magnitude)
-    return v2.Compose([*_flip_crop(flip, side), rand_augment, cutout, *_normalize(mean, std)])
+    return v2.Compose([*_flip_crop(flip, side, pad_mode), rand_augment, cutout, *_normalize(mean, std)])
 
 
 def _seeded(key) -> tuple[int, int | None]:
@@ -86,18 +103,28 @@ class LabeledImages(Dataset):
 
 
 class UnlabeledImages(Dataset):
-    """``(weak view, strong view)`` of the same image."""
+    """``(weak view, strong view)`` of the same image; with ``from_weak`` the strong view is made from the weak
+    view's uint8 crop (the official code's order), else from the image."""
 
-    def __init__(self, images: torch.Tensor, weak: v2.Transform, strong: v2.Transform):
-        self.images, self.weak, self.strong = images, weak, strong
+    def __init__(self, images: torch.Tensor, crop: v2.Transform, normalize: v2.Transform, strong: v2.Transform,
+                 from_weak: bool):
+        self.images, self.crop, self.normalize, self.strong, self.from_weak = images, crop, normalize, strong, from_weak
 
     def __len__(self) -> int:
         return len(self.images)
 
+    def with_images(self, images: torch.Tensor) -> "UnlabeledImages":
+        return UnlabeledImages(images, self.crop, self.normalize, self.strong, self.from_weak)
+
     def __getitem__(self, key) -> tuple[torch.Tensor, torch.Tensor]:
         i, seed = _seeded(key)
         image = self.images[i]
-        return _draw(seed, lambda: (self.weak(image), self.strong(image)))
+
+        def views():
+            weak = self.crop(image)
+            return self.normalize(weak), self.strong(weak if self.from_weak else image)
+
+        return _draw(seed, views)
 
 
 class SeededBatches(Sampler):
@@ -138,9 +165,11 @@ class Pipeline:
     def __init__(self, cfg, device: torch.device, splits: dict, mean, std):
         self.cfg, self.device = cfg, device
         side = splits["labeled"][0].shape[-1]
-        weak, strong = weak_transform(mean, std, cfg.flip, side), strong_transform(cfg, mean, std, cfg.flip, side)
-        self.sets = {"labeled": LabeledImages(*splits["labeled"], weak),
-                     "unlabeled": UnlabeledImages(splits["unlabeled"][0], weak, strong)}
+        weak = weak_transform(mean, std, cfg.flip, side, cfg.pad_mode)
+        unlabeled = UnlabeledImages(splits["unlabeled"][0], weak_crop(cfg.flip, side, cfg.pad_mode),
+                                    eval_transform(mean, std), strong_transform(cfg, mean, std, cfg.flip, side),
+                                    strong_from_weak(cfg))
+        self.sets = {"labeled": LabeledImages(*splits["labeled"], weak), "unlabeled": unlabeled}
         for name in ("val", "test"):
             if name in splits:
                 self.sets[name] = LabeledImages(*splits[name], eval_transform(mean, std))
@@ -168,7 +197,7 @@ class Pipeline:
         on the CPU; the run's RNG untouched."""
         unlabeled = self.sets["unlabeled"]
         if not len(unlabeled):
-            unlabeled = UnlabeledImages(self.sets["labeled"].images, unlabeled.weak, unlabeled.strong)
+            unlabeled = unlabeled.with_images(self.sets["labeled"].images)
         seeds = np.random.SeedSequence([seed]).generate_state(len(indices), np.uint64).tolist()
         views = [unlabeled[(i, s)][1] for i, s in zip(indices, seeds)]
         return torch.stack([self.plain(unlabeled.images[i]) for i in indices]), torch.stack(views)

@@ -93,15 +93,16 @@ class Method:
         self.schedulers[name] = build_scheduler(self.optimizers[name], optim_cfg.schedule, steps, warmup)
         self.skipped[name] = 0
 
-    def update(self, name: str, loss: torch.Tensor) -> None:
-        """One step of optimizer ``name`` on ``loss`` (clipping the grad norm if configured)."""
+    def update(self, name: str, loss: torch.Tensor) -> bool:
+        """One step of optimizer ``name`` on ``loss`` (clipping the grad norm if configured); False if the step
+        was dropped (``skip_nonfinite``, or the fp16 grad scaler found a non-finite gradient)."""
         optimizer, scaler = self.optimizers[name], self.scalers.get(name)
         optimizer.zero_grad(set_to_none=True)
         if self.skips(name, loss):
             self._skip_step(name)
-            return
+            return False
         (scaler.scale(loss) if scaler else loss).backward()
-        self.step_optimizer(name)
+        return self.step_optimizer(name)
 
     def skips(self, name: str, value: torch.Tensor) -> bool:
         """With ``skip_nonfinite``: True (and one more skip counted for ``name``) if ``value`` is not finite.
@@ -117,8 +118,9 @@ class Method:
             warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
             self.schedulers[name].step()
 
-    def step_optimizer(self, name: str) -> None:
-        """Clip (if configured), step and advance the lr schedule of optimizer ``name``; its grads are set."""
+    def step_optimizer(self, name: str) -> bool:
+        """Clip (if configured), step and advance the lr schedule of optimizer ``name``; its grads are set. False if
+        the step was dropped (a non-finite gradient: ``skip_nonfinite``, or the fp16 grad scaler)."""
         optimizer, scaler = self.optimizers[name], self.scalers.get(name)
         if self.optim_cfg.grad_clip is not None or (self.skip_nonfinite and not scaler):
             if scaler:
@@ -129,13 +131,21 @@ class Method:
             if not scaler and self.skips(name, norm):  # (a scaler skips non-finite gradients by itself)
                 optimizer.zero_grad(set_to_none=True)
                 self._skip_step(name)
-                return
+                return False
         if scaler:
+            scale = scaler.get_scale()
             scaler.step(optimizer)
             scaler.update()
+            # the scaler skips a step with a non-finite gradient and then lowers its scale (it never lowers it
+            # otherwise): the one public sign of a skipped step
+            stepped = scaler.get_scale() >= scale
+            if not stepped:
+                self._skip_step(name)
+                return False
         else:
             optimizer.step()
         self.schedulers[name].step()
+        return True
 
     def lr(self, name: str) -> float:
         return self.optimizers[name].param_groups[0]["lr"]

@@ -26,6 +26,7 @@ from torch import nn
 from torch.func import functional_call
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from mpl_runner.data.batch import Batch
 from mpl_runner.methods import mpl_config
 from mpl_runner.methods.base import Method, Phase
 from mpl_runner.methods.losses import soft_cross_entropy
@@ -48,6 +49,20 @@ def frozen_batchnorm_stats(model: nn.Module):
             m.momentum = momentum
             if tracked is not None:
                 m.num_batches_tracked.copy_(tracked)
+
+
+@contextmanager
+def dropout_off(model: nn.Module, off: bool = True):
+    """The block runs ``model``'s dropout layers in eval mode (identity) when ``off``; their mode is put back."""
+    drops = [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)] if off else []
+    modes = [m.training for m in drops]
+    for m in drops:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, mode in zip(drops, modes):
+            m.train(mode)
 
 
 class Lookahead(NamedTuple):
@@ -91,6 +106,9 @@ class MPL(Method):
             self.ema = AveragedModel(self.student, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
         self.handed_out = "student_ema" if self.ema is not None else "student"
         self.finetuning = False
+        self.finetune_started = False  # (finetune.from_ema: the EMA is copied into the student once)
+        # feedback_batch=validation: the held-out labeled points of the reward, a Batch set by the run
+        self.validation_batch: Batch | None = None
 
     def phases(self) -> list[Phase]:
         """MPL on labeled and unlabeled batches; then (finetune.steps > 0) the student on labeled batches alone."""
@@ -109,6 +127,9 @@ class MPL(Method):
         t_logits_us, loss_sup, loss_uda, mask = teacher_losses(self.net("teacher"), batch, self.cfg, step)
         stats = {"teacher/loss_sup": loss_sup.detach(), "teacher/loss_uda": loss_uda.detach(), "uda/mask": mask}
 
+        # (teacher_labeled_weight 0: the teacher learns from the feedback (and UDA) alone, the paper's equation
+        # before its auxiliary losses)
+        loss_sup = self.cfg.teacher_labeled_weight * loss_sup
         if step < self.cfg.student_wait_steps:  # the student has not started: no feedback yet
             self.update("teacher", loss_sup + loss_uda)
             return {**stats, "teacher/loss": (loss_sup + loss_uda).detach()}
@@ -127,16 +148,16 @@ class MPL(Method):
         # 3-4. Pseudo labels on the view the student sees; the student learns them (one optimizer step).
         pseudo = self.pseudo_labels(t_logits_us.detach())
         masks = self.dropout_seed()
-        old = self.student_labeled_loss(batch, masks)
+        old = self.student_labeled_loss(self.reward_batch(batch), masks)
         s_logits_us = self.net("student")(batch.x_us)
         # (hard labels, or soft ones: with feedback=none, what the official code computes)
         loss_student = F.cross_entropy(s_logits_us, pseudo, label_smoothing=self.cfg.label_smoothing)
-        self.update("student", loss_student)
+        stepped = self.update("student", loss_student)
         self._update_ema()
         # 5-6. The updated student's labeled loss (the same dropout masks as for old); the feedback coefficient,
         # from losses averaged over ranks, so every rank gives its teacher the same coefficient.
-        new = self.student_labeled_loss(batch, masks)
-        h, coefficient = self.feedback(self.world.mean(old), self.world.mean(new))
+        new = self.student_labeled_loss(self.reward_batch(batch), masks)
+        h, coefficient = self.feedback(self.world.mean(old), self.world.mean(new), stepped)
         # Not CE(stop_grad(softmax(z)), z), whose gradient in z is 0: the target is the sampled/argmax label.
         loss_mpl = (coefficient * F.cross_entropy(t_logits_us, pseudo) if not pseudo.is_floating_point()
                     else t_logits_us.new_zeros(()))
@@ -145,22 +166,31 @@ class MPL(Method):
 
     def _exact_feedback(self, batch, t_logits_us):
         masks = self.dropout_seed()
-        old = self.student_labeled_loss(batch, masks)
+        old = self.student_labeled_loss(self.reward_batch(batch), masks)
         look = self.lookahead(batch, t_logits_us, masks)
         # The student takes the very step the teacher just differentiated through (plain SGD: validate.py).
         for param, grad in zip(self.student.parameters(), look.student_grads):
             param.grad = grad
-        self.step_optimizer("student")
+        stepped = self.step_optimizer("student")
         self._update_ema()
-        new = self.student_labeled_loss(batch, masks)
-        loss_mpl = look.meta_loss if self.cfg.feedback != "none" else torch.zeros_like(look.meta_loss.detach())
+        new = self.student_labeled_loss(self.reward_batch(batch), masks)
+        # (no student step, no feedback: the lookahead describes a step that was not taken)
+        use = self.cfg.feedback != "none" and stepped
+        loss_mpl = look.meta_loss if use else torch.zeros_like(look.meta_loss.detach())
         return loss_mpl, {"student/loss": look.student_loss.detach(), "mpl/h": old - new}
 
     def _finetune_step(self, batch):
         """After MPL: the student alone on labeled batches (the paper's finetuning), through the same update as
-        every other step (grad scaler, clipping, its own optimizer and lr schedule)."""
-        loss = F.cross_entropy(self.net("student")(batch.x_l), batch.y_l,
-                               label_smoothing=self.cfg.finetune.label_smoothing)
+        every other step (grad scaler, clipping, its own optimizer and lr schedule). As kekmodel/MPL-pytorch does
+        it where asked: from the EMA student (``finetune.from_ema``), without dropout (``finetune.dropout``)."""
+        finetune = self.cfg.finetune
+        if not self.finetune_started:
+            self.finetune_started = True
+            if finetune.from_ema:
+                self.student.load_state_dict(self.ema.module.state_dict())
+        with dropout_off(self.student, not finetune.dropout):
+            loss = F.cross_entropy(self.net("student")(batch.x_l), batch.y_l,
+                                   label_smoothing=finetune.label_smoothing)
         self.update("finetune", loss)
         self._update_ema()
         return {"student/loss_finetune": loss.detach()}
@@ -191,18 +221,31 @@ class MPL(Method):
             with frozen_batchnorm_stats(self.student):
                 return F.cross_entropy(self.student(batch.x_l), batch.y_l)
 
-    def feedback(self, old: torch.Tensor, new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def feedback(self, old: torch.Tensor, new: torch.Tensor, stepped: bool = True
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(h, coefficient)``: h = old - new, logged whatever the setting; the coefficient of the teacher's MPL
         term is h (or new - old, the official code's sign) minus a moving-average baseline if set, or 0 for
-        ``feedback=none`` (the control: the teacher learns from labels and UDA alone)."""
+        ``feedback=none`` (the control: the teacher learns from labels and UDA alone) and when the student's step
+        was dropped (``stepped`` False: fp16 overflow, ``skip_nonfinite``), which also leaves the baseline as it
+        was: h is then 0 or not finite and says nothing about the pseudo labels."""
         h = old - new
-        if self.cfg.feedback == "none":
+        if self.cfg.feedback == "none" or not stepped:
             return h, torch.zeros_like(h)
         signed = h if self.cfg.feedback == "old_minus_new" else -h
         if self.cfg.baseline_decay is not None:
             self.baseline.lerp_(signed, 1.0 - self.cfg.baseline_decay)
             signed = signed - self.baseline
         return h, signed
+
+    def reward_batch(self, batch) -> Batch:
+        """The labeled data the student's loss before and after its step is measured on (the teacher's reward):
+        the step's labeled batch, or (``feedback_batch=validation``, the paper's first version) the held-out
+        validation points the run attached as ``validation_batch``."""
+        if self.cfg.feedback_batch == "labeled":
+            return batch
+        if self.validation_batch is None:
+            raise RuntimeError("method.feedback_batch=validation: no validation batch was attached")
+        return self.validation_batch
 
     def lookahead(self, batch, t_logits_us, dropout_seed: int | None = None) -> Lookahead:
         """L_l(theta_S') with theta_S' = theta_S - eta * grad L_u(theta_S, softmax(T(x_us))), differentiable in T;
@@ -217,11 +260,12 @@ class MPL(Method):
         grads = torch.autograd.grad(loss_student, params, create_graph=True)
         eta = self.lr("student")
         stepped = {name: p - eta * g for name, p, g in zip(names, params, grads)}
-        device = batch.x_l.device
+        reward = self.reward_batch(batch)
+        device = reward.x_l.device
         with seeded(device, dropout_seed if dropout_seed is not None else self.dropout_seed()):
             with frozen_batchnorm_stats(self.student):
-                s_logits_l = functional_call(self.student, ({**stepped, **buffers}), (batch.x_l,))
-        meta_loss = F.cross_entropy(s_logits_l, batch.y_l)
+                s_logits_l = functional_call(self.student, ({**stepped, **buffers}), (reward.x_l,))
+        meta_loss = F.cross_entropy(s_logits_l, reward.y_l)
         return Lookahead(meta_loss, [g.detach() for g in grads], loss_student,
                          {k: v.detach() for k, v in stepped.items()})
 
@@ -245,6 +289,7 @@ class MPL(Method):
     def state_dict(self):
         state = super().state_dict()
         state["baseline"] = self.baseline.clone()
+        state["finetune_started"] = self.finetune_started
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
         return state
@@ -252,6 +297,7 @@ class MPL(Method):
     def load_state_dict(self, state):
         super().load_state_dict(state)
         self.baseline.copy_(state["baseline"])
+        self.finetune_started = state.get("finetune_started", False)
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
 

@@ -15,6 +15,7 @@ from mpl_runner.methods.optim import check_optimizer
 VARIANTS = ("first_order", "exact")
 FEEDBACK = ("old_minus_new", "new_minus_old", "none")
 PSEUDO_LABELS = ("argmax", "sample", "soft")
+FEEDBACK_BATCHES = ("labeled", "validation")
 
 
 @dataclass
@@ -31,6 +32,8 @@ class FinetuneConfig:
     schedule: str = MISSING
     warmup_steps: int = MISSING
     label_smoothing: float = MISSING
+    dropout: bool = MISSING  # false: the student's dropout layers are off while it finetunes
+    from_ema: bool = MISSING  # true: finetuning starts from the EMA student (method.ema_decay must be set)
 
 
 @dataclass
@@ -43,6 +46,10 @@ class MPLConfig:
     # official code's), or none (the control: h is computed and logged, the teacher gets no MPL term).
     feedback: str = MISSING
     pseudo_label: str = MISSING  # argmax | sample (first_order); soft (exact)
+    # where old and new (the teacher's reward) are measured: the step's labeled batch, or the whole validation
+    # split (the paper's first version; val/acc is then no longer held out of training)
+    feedback_batch: str = MISSING
+    teacher_labeled_weight: float = MISSING  # weight of the teacher's labeled loss; 0: feedback (and UDA) alone
     baseline_decay: Optional[float] = MISSING  # moving-average baseline for h, e.g. 0.99; None: off
     label_smoothing: float = MISSING
     uda: uda.UDALossConfig = field(default_factory=uda.UDALossConfig)
@@ -59,6 +66,11 @@ def check(cfg) -> None:
     one_of(cfg, "method.variant", VARIANTS)
     one_of(cfg, "method.feedback", FEEDBACK)
     one_of(cfg, "method.pseudo_label", PSEUDO_LABELS)
+    one_of(cfg, "method.feedback_batch", FEEDBACK_BATCHES)
+    at_least(cfg, "method.teacher_labeled_weight", 0)
+    if method.feedback_batch == "validation" and cfg.dataset.get("num_val", 1) == 0:
+        raise ConfigError("method.feedback_batch", "validation", "labeled with dataset.num_val=0 (no validation "
+                          "split to measure the reward on)")
     fraction(cfg, "method.baseline_decay", optional=True)
     positive(cfg, "method.student_lr", optional=True)
     if method.student_warmup_steps is not None:
@@ -90,6 +102,8 @@ def check_finetune(cfg) -> None:
                           f"1 to {cfg.dataset.num_labeled} (dataset.num_labeled: a batch is drawn from them)")
     check_optimizer(cfg, "method.finetune")
     fraction(cfg, "method.finetune.label_smoothing")
+    if finetune.steps and finetune.from_ema and cfg.method.ema_decay is None:
+        raise ConfigError("method.finetune.from_ema", True, "false with method.ema_decay=null (no EMA student)")
 
 
 def check_exact(cfg) -> None:
