@@ -210,10 +210,15 @@ def run_one(job: tuple) -> dict:
         from mpl_runner.files import atomic_write_json
         from mpl_runner.run import run
 
-        logging.getLogger("mpl_runner").setLevel(logging.WARNING)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run_dir / KEY_FILE, key)  # before the run: a finished run always has its key
-        record = run(compose_config(*key["overrides"]), run_dir)
+        logger = logging.getLogger("mpl_runner")
+        level = logger.level
+        logger.setLevel(logging.WARNING)  # (hundreds of runs: their progress lines are not wanted here)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(run_dir / KEY_FILE, key)  # before the run: a finished run always has its key
+            record = run(compose_config(*key["overrides"]), run_dir)
+        finally:
+            logger.setLevel(level)
     return {"benchmark": bench, "setting": setting, "seed": seed, "val": record.get("val/acc"),
             "test": record["test/acc"], "teacher_test": record.get("test/teacher/acc"),
             "train_seconds": record["train_seconds"], "h_abs": mean_abs_h(run_dir),

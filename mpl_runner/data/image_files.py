@@ -44,9 +44,10 @@ class SymlinkLoop(Exception):
 
 
 def find_files(folder: Path) -> list[Path]:
-    """Every file under ``folder`` (links followed, hidden names skipped), sorted by relative path. A folder link
-    back to one of its own ancestors raises :class:`SymlinkLoop`."""
-    return sorted(_walk(Path(folder), ()), key=lambda p: p.relative_to(folder).as_posix())
+    """Every file under ``folder`` (links followed, hidden names skipped), in a fixed order: each folder's entries
+    by name, a subfolder's files where its name sorts. A folder link back to one of its own ancestors raises
+    :class:`SymlinkLoop`."""
+    return list(_walk(Path(folder), ()))
 
 
 def _walk(folder: Path, ancestors: tuple[str, ...]) -> Iterator[Path]:

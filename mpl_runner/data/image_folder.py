@@ -111,9 +111,14 @@ def _class_folders(root: Path, name: str, classes: list[str] | None) -> list[tup
     return out
 
 
-def _read_labels(root: Path, labels: str) -> dict[Path, str]:
+def _labels_path(root: Path, labels: str) -> Path:
+    """``dataset.labels``: a path from the working dir, or else from dataset.root."""
     path = Path(labels).expanduser()
-    path = path if path.is_absolute() or path.is_file() else root / path
+    return path if path.is_absolute() or path.is_file() else root / path
+
+
+def _read_labels(root: Path, labels: str) -> dict[Path, str]:
+    path = _labels_path(root, labels)
     if not path.is_file():
         raise DataError(f"dataset.labels={labels}: no such file (relative paths are read from the working dir or "
                         f"dataset.root)")
@@ -155,7 +160,7 @@ def list_folder(root: Path, labels: str | None) -> Listing:
         classes = sorted(set(rows.values()))
         labeled = [(p, classes.index(c)) for p, c in sorted(rows.items())]
         held_out = {root / "val", root / "test"}
-        listed_file = Path(labels).expanduser().resolve()
+        listed_file = _labels_path(root, labels).resolve()
         unlabeled = [p for p in _files(root, root)
                      if p not in rows and not held_out & set(p.parents) and p.resolve() != listed_file]
     if len(classes) < 2:
