@@ -3,6 +3,7 @@ results compared months apart can be told apart (``mpl-report`` flags a sweep wh
 
 from __future__ import annotations
 
+import os
 import platform
 import shlex
 import subprocess
@@ -26,6 +27,11 @@ def _git(*args: str) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return result.stdout.strip() if result.returncode == 0 else None
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the platform has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def device_name(device: torch.device) -> str:

@@ -10,7 +10,6 @@ Each failure raises :class:`ConfigError` naming the key, the value and what is a
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 from contextlib import contextmanager
 
@@ -22,6 +21,7 @@ from omegaconf.nodes import BooleanNode
 from mpl_runner.checks import SEEDS, count, get, one_of, positive
 from mpl_runner.errors import ConfigError, UserError
 from mpl_runner.methods.optim import check_optimizer
+from mpl_runner.provenance import usable_cores
 from mpl_runner.registry import entry_of
 
 GROUPS = ("dataset", "model", "method")
@@ -225,7 +225,7 @@ def config_warnings(cfg, device_type: str, amp: str, distributed: bool) -> list[
     """Settings that run, but hardly as meant: the run logs each once, as a warning (console and run.log).
     ``amp``: the precision ``trainer.amp`` resolved to on ``device_type``; ``distributed``: more than one process."""
     found = []
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = usable_cores()
     if cfg.trainer.num_threads is not None and cfg.trainer.num_threads > cores:
         found.append(f"trainer.num_threads={cfg.trainer.num_threads} > the {cores} CPU cores this process may use: "
                      "the threads take turns on them (the default two-moons run: 20x slower); trainer.num_threads=null "

@@ -113,12 +113,10 @@ def _decode(root: Path, files: list[Path], size: int, resize: str, path: Path, w
         target = str(tmp) if pixels else None
         chunks = [(target, [str(f) for f in files[i:i + CHUNK]], i, size, resize) for i in range(0, len(files), CHUNK)]
         bar = tqdm(total=len(files), desc="decoding images", unit="img", disable=None, file=sys.stderr)
-        with ProcessPoolExecutor(max_workers=workers) if workers > 1 else _InProcess() as pool:
-            for done in as_completed([pool.submit(_decode_chunk, *chunk) for chunk in chunks]):
-                first, chunk_bad, chunk_sums = done.result()
-                bad.update(chunk_bad)
-                sums[first:first + len(chunk_sums)] = chunk_sums
-                bar.update(len(chunk_sums))
+        for first, chunk_bad, chunk_sums in _decoded_chunks(chunks, workers):
+            bad.update(chunk_bad)
+            sums[first:first + len(chunk_sums)] = chunk_sums
+            bar.update(len(chunk_sums))
         bar.close()
         if pixels:
             with open(tmp, "rb+") as f:
@@ -132,6 +130,16 @@ def _decode(root: Path, files: list[Path], size: int, resize: str, path: Path, w
     atomic_write_json(path.with_suffix(".json"), {  # last: its presence says the rest is there
         "files": [f.relative_to(root).as_posix() for f in files], "image_size": size, "resize": resize,
         "bad": {str(row): reason for row, reason in sorted(bad.items())}})
+
+
+def _decoded_chunks(chunks: list[tuple], workers: int):
+    """:func:`_decode_chunk` of each chunk, in ``workers`` processes (here, for one), as each finishes."""
+    if workers == 1:
+        yield from (_decode_chunk(*chunk) for chunk in chunks)
+        return
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        for done in as_completed([pool.submit(_decode_chunk, *chunk) for chunk in chunks]):
+            yield done.result()
 
 
 def _decode_chunk(tmp: str | None, paths: list[str], first: int, size: int, resize: str):
@@ -152,20 +160,3 @@ def _decode_chunk(tmp: str | None, paths: list[str], first: int, size: int, resi
     if images is not None:
         images.flush()
     return first, bad, sums
-
-
-class _InProcess:
-    """A stand-in for the process pool with one worker: the work runs here."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def submit(self, fn, *args):
-        from concurrent.futures import Future
-
-        future = Future()
-        future.set_result(fn(*args))
-        return future

@@ -35,6 +35,7 @@ from mpl_runner.data import image_cache, image_sets
 from mpl_runner.data.batch import SSLData
 from mpl_runner.data.image_files import RESIZE, SymlinkLoop, find_files, read_image
 from mpl_runner.errors import ConfigError, DataError
+from mpl_runner.provenance import usable_cores
 from mpl_runner.registry import register
 
 log = logging.getLogger(__name__)
@@ -180,7 +181,7 @@ def _cache_dir(cfg, root: Path) -> Path:
 
 
 def _decode_workers(cfg) -> int:
-    return cfg.decode_workers or len(os.sched_getaffinity(0))
+    return cfg.decode_workers or usable_cores()
 
 
 def _available_memory() -> int:
@@ -291,10 +292,8 @@ def build(cfg, device: torch.device) -> SSLData:
         rows[role] = np.array([r for r in range(first, first + len(role_files)) if r not in decoded.bad], np.int64)
         first += len(role_files)
     classes = len(listing.classes)
-    labels = np.array([c for _, c in listing.labeled] + [c for _, c in listing.val or []]
-                      + [c for _, c in listing.test or []], dtype=np.int64)
-    labels = np.concatenate([labels[:len(roles["labeled"])], np.full(len(roles["unlabeled"]), -1),
-                             labels[len(roles["labeled"]):]])  # indexed by cache row
+    labels = np.array([c for _, c in listing.labeled] + [-1] * len(listing.unlabeled)  # by cache row, as `files`
+                      + [c for _, c in listing.val or []] + [c for _, c in listing.test or []], dtype=np.int64)
     _check_readable(root, listing, labels[rows["labeled"]])
     train, val = split_labeled(cfg, labels[rows["labeled"]], classes, listing.val is not None)
     labeled_rows, val_rows = rows["labeled"][train], rows["labeled"][val] if listing.val is None else rows["val"]
@@ -302,9 +301,9 @@ def build(cfg, device: torch.device) -> SSLData:
     if len(unlabeled_rows) and cfg.unlabeled == "all":  # (the paper's unlabeled set holds the labeled images too)
         unlabeled_rows = np.concatenate([unlabeled_rows, labeled_rows])
     if not len(val_rows) and listing.test is None:
-        why = ("dataset.num_val=0" if cfg.num_val == 0 else
-               "dataset.num_val=null holds out a fifth of the fewest labeled images of a class, and that is under 5")
-        raise DataError(f"dataset.root={root} has no test/ folder and no validation split ({why}): add "
+        reason = ("dataset.num_val=0" if cfg.num_val == 0 else
+                  "dataset.num_val=null holds out a fifth of the fewest labeled images of a class, and that is under 5")
+        raise DataError(f"dataset.root={root} has no test/ folder and no validation split ({reason}): add "
                         f"test/<class>/ or val/<class>/ folders, or set dataset.num_val")
     if listing.test is None:
         log.info(f"{root} has no test/ folder: the run reports validation accuracy only")
@@ -319,7 +318,7 @@ def build(cfg, device: torch.device) -> SSLData:
             return FileImages([files[r] for r in role_rows], cfg.image_size, cfg.resize)
     else:
         def take(role_rows):
-            return torch.from_numpy(decoded.images[np.sort(role_rows)][np.argsort(np.argsort(role_rows))])
+            return torch.from_numpy(decoded.images[role_rows])
     splits = {"labeled": (take(labeled_rows), torch.from_numpy(labels[labeled_rows])),
               "unlabeled": (take(unlabeled_rows), None)}
     if len(val_rows):
