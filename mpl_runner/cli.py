@@ -17,7 +17,7 @@ from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from mpl_runner import checkpoint, distributed, run_dirs
+from mpl_runner import checkpoint, distributed, resolvers, run_dirs
 from mpl_runner.run_dirs import hydra_quote, shell_word
 from mpl_runner import run as training
 from mpl_runner.cli_errors import one_line_error
@@ -73,6 +73,13 @@ def exit_with_error(message: str) -> NoReturn:
 
 @hydra.main(version_base="1.3", config_path="pkg://mpl_runner.conf", config_name="config")
 def hydra_main(cfg: DictConfig) -> float:
+    try:
+        return run_job(cfg)
+    finally:
+        resolvers.job_ended(HydraConfig.get().runtime.output_dir)
+
+
+def run_job(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     before = run_dirs.written(run_dir)

@@ -52,6 +52,13 @@ def record_dir(output_dir: str, stamp: str) -> str | None:
     return _RECORD_DIRS[key]
 
 
+def job_ended(output_dir: str) -> None:
+    """Forget the record dir decided for a job in ``output_dir``: the next command in this process (a test, a
+    Hydra sweep's next job) decides its own, even in the same second."""
+    for key in [key for key in _RECORD_DIRS if key[0] == output_dir]:
+        del _RECORD_DIRS[key]
+
+
 #: what a multirun job's dir name may take of the file system's 255 bytes
 JOB_DIR_BYTES = 200
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY
+from mpl_runner.distributed import STAMP_ENV
 from mpl_runner.files import temp_target
 from mpl_runner.run_dirs import LOCK_NAME, RunDirInUse, locked
 from test_bad_inputs import finished, run_cli, tree  # noqa: F401 - finished: the fixture
@@ -143,3 +144,17 @@ def test_a_run_dir_deleted_mid_run_stops_with_one_line_and_exit_1(tmp_path, monk
         f"mpl-run: error: the run dir {tmp_path / 'run'} was deleted while the run went on; it stopped, writing "
         "nothing more"]
     assert not (tmp_path / "run").exists()
+
+
+def test_a_refused_resume_in_the_same_second_leaves_the_last_resume_record_as_it_was(tmp_path, finished, monkeypatch,
+                                                                                       capsys):
+    monkeypatch.setenv(STAMP_ENV, "2026-12-07T04:42:27")  # every command below starts in the same second
+    run_dir = Path(shutil.copytree(finished, tmp_path / "run"))
+    status, stderr = run_cli([*RESUME, f"trainer.resume={run_dir}"], tmp_path, monkeypatch, capsys)
+    assert status == 0, stderr
+    assert [p.name for p in (run_dir / ".hydra").glob("resumed_*")] == ["resumed_2026-12-07_04-42-27"]
+    before = tree(tmp_path)
+    status, stderr = run_cli([*RESUME, "model.hidden_sizes=[4]", f"trainer.resume={run_dir}"], tmp_path, monkeypatch,
+                             capsys)
+    assert status == 2 and "model.hidden_sizes" in stderr, stderr
+    assert tree(tmp_path) == before  # the first resume's record is not overwritten, and the refused one left none
