@@ -27,6 +27,7 @@ from mpl_runner.files import atomic_write_json, write_error
 from mpl_runner.resolvers import require_validation_split
 from mpl_runner.signals import Interrupted
 from mpl_runner.sweep import take_dry_run_flag
+from mpl_runner.trial import Pruned, TrialPruned
 from mpl_runner.validate import validate_overrides
 
 log = logging.getLogger("mpl_runner")
@@ -96,6 +97,10 @@ def run_job(cfg: DictConfig) -> float:
         if hydra_cfg.mode == RunMode.MULTIRUN:  # (the sweep dir's resolver checks it too, unless it was given)
             require_validation_split(hydra_cfg.sweeper._target_, cfg.dataset.get("num_val"))
         return training.run(cfg, run_dir).get(SELECTION_METRIC)
+    except TrialPruned as err:  # (search call site, issue 19: the sweeper tells Optuna PRUNED)
+        log.info(f"trial stopped by the search's pruner after step {err.step} (val/acc {100 * err.value:.2f}%); "
+                 f"record in {run_dir / 'metrics.json'}")
+        return Pruned(err.step, err.value)
     except Interrupted as err:
         if world.is_main and err.completed:
             print(f"mpl-run: {err.signum.name} came after the last step ({err.step}); the run is complete: "

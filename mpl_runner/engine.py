@@ -133,7 +133,7 @@ Save = Callable[[int, dict[str, Any]], None]
 
 def train(
     method: Method, data: SSLData, trainer_cfg, device: torch.device, tracker: Tracker, amp: str = "none",
-    save: Save | None = None, start: Start | None = None, stop: StopSignals | None = None,
+    save: Save | None = None, start: Start | None = None, stop: StopSignals | None = None, trial=None,
 ) -> dict[str, float]:
     """Run steps ``start.step + 1 .. trainer_cfg.steps`` with autocast ``amp`` (resolved: none | bf16 | fp16);
     returns the final metrics (every split, every model).
@@ -142,12 +142,14 @@ def train(
     (which then raises :class:`Interrupted`; under DDP at the next log step). It is taken right after the step
     and before that step's logging and evaluation, so a resumed run redoes those, and TensorBoard, told to drop
     what an earlier attempt logged from that step on, ends up with every step once. ``stop``: the caller's
-    :class:`StopSignals`, active around the work after the loop too (None: the loop's own).
+    :class:`StopSignals`, active around the work after the loop too (None: the loop's own). ``trial``: a search
+    trial's :class:`mpl_runner.trial.TrialReporter` (None outside a search with a pruner).
     """
     start = start or Start()
     world = method.world
     steps, interval = trainer_cfg.steps, trainer_cfg.checkpoint_interval
     log_ = _StepLog(method, data, trainer_cfg, device, tracker, amp, start)
+    log_.trial = trial  # (search: see _StepLog.after_step)
     watch = NonFiniteWatch(device)
     stats = dict(start.stats)
     phases, phase, batches = method.phases(), None, iter(())
@@ -216,6 +218,7 @@ class _StepLog:
             method, data, trainer_cfg, device, tracker, amp)
         self.started, self.start_step, self.seconds_before = time.perf_counter(), start.step, start.train_seconds
         self.window_start, self.window_step, self.window_images = self.started, start.step, 0
+        self.trial = None
 
     def train_seconds(self) -> float:
         return self.seconds_before + time.perf_counter() - self.started
@@ -257,6 +260,11 @@ class _StepLog:
             with autocast(self.device, self.amp):
                 accs = evaluate(self.method, self.data, self.device)
             self.evaluation(step, stats, accs)
+            # --- search call site (issue 19): report val/acc to the trial; a pruned trial raises TrialPruned ---
+            if self.trial is not None:
+                with autocast(self.device, self.amp):
+                    self.trial.after_evaluation(step, accs, lambda: evaluate(
+                        self.method, self.data, self.device, splits=("val",))["val/acc"])
 
     def evaluation(self, step: int, stats, accs: dict[str, float]) -> None:
         self.tracker.scalars(step, {f"eval/{k.split('/', 1)[1]}": v for k, v in accs.items() if k.count("/") == 2})

@@ -50,6 +50,7 @@ class Row:
     accs: list[float] = field(default_factory=list)  # test/acc of each completed job that has a test split
     vals: list[float] = field(default_factory=list)  # val/acc of those that have a validation split
     failed: list[str] = field(default_factory=list)  # "<job>: <error>"
+    pruned: list[str] = field(default_factory=list)  # "<job>: step <n>" (stopped by a search's pruner)
     unfinished: list[str] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)  # "<job>: metrics.json: <why>"
 
@@ -113,8 +114,9 @@ def _metrics(job: Path) -> dict[str, Any] | None:
         return None
     except (OSError, UnicodeDecodeError, ValueError) as err:
         raise Unreadable(f"metrics.json: {one_line(err)[:200]}") from None
-    if not isinstance(metrics, dict) or metrics.get("status") not in ("completed", "interrupted", "failed"):
-        raise Unreadable("metrics.json: not a run record (its status is none of completed, interrupted, failed)")
+    if not isinstance(metrics, dict) or metrics.get("status") not in ("completed", "interrupted", "failed", "pruned"):
+        raise Unreadable("metrics.json: not a run record (its status is none of completed, interrupted, failed, "
+                         "pruned)")
     # (a data set without a test split, an image folder without test/, reports val/acc alone)
     if metrics["status"] == "completed" and not (
         (_number(metrics.get(METRIC)) or (metrics.get(METRIC) is None and _number(metrics.get(VAL_METRIC))))
@@ -167,6 +169,8 @@ def collect(sweep_dir: Path) -> Sweep:
                 row.accs.append(float(metrics[METRIC]))
             if metrics.get(VAL_METRIC) is not None:
                 row.vals.append(float(metrics[VAL_METRIC]))
+        elif metrics["status"] == "pruned":
+            row.pruned.append(f"{job.name}: step {metrics.get('step')}")
         else:
             row.failed.append(f"{job.name}: {metrics.get('error', 'failed')}")
     unreadable.sort(key=lambda entry: _job_order(entry[0]))
@@ -183,11 +187,12 @@ def markdown(sweep: Sweep, sweep_dir: Path) -> str:
     lines = [f"# Sweep report: {sweep_dir}", "",
              f"`{VAL_METRIC}` and `{METRIC}` (%) over seeds: choose on val, report test. Failed, unfinished and "
              f"unreadable jobs are listed, not averaged. Overrides shared by every job: `{shared}`.", "",
-             "| setting | val mean | val std | test mean | test std | seeds | failed | unfinished | unreadable |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| setting | val mean | val std | test mean | test std | seeds | failed | pruned | unfinished | "
+             "unreadable |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in sweep.rows:
         lines.append(f"| {r.setting} | {_pct(r.val_mean)} | {_pct(r.val_std)} | {_pct(r.mean)} | {_pct(r.std)} | "
-                     f"{r.seeds} | {len(r.failed)} | {len(r.unfinished)} | {len(r.unreadable)} |")
+                     f"{r.seeds} | {len(r.failed)} | {len(r.pruned)} | {len(r.unfinished)} | {len(r.unreadable)} |")
     errors = [e for r in sweep.rows for e in r.failed]
     if errors:
         lines += ["", "## Failed jobs", ""] + [f"- job {e}" for e in errors]
@@ -202,10 +207,10 @@ def markdown(sweep: Sweep, sweep_dir: Path) -> str:
 def csv_text(rows: list[Row]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["setting", "val_mean", "val_std", "mean", "std", "seeds", "failed", "unfinished", "unreadable",
-                     "values", "val_values"])
+    writer.writerow(["setting", "val_mean", "val_std", "mean", "std", "seeds", "failed", "pruned", "unfinished",
+                     "unreadable", "values", "val_values"])
     for r in rows:
-        writer.writerow([r.setting, r.val_mean, r.val_std, r.mean, r.std, r.seeds, len(r.failed),
+        writer.writerow([r.setting, r.val_mean, r.val_std, r.mean, r.std, r.seeds, len(r.failed), len(r.pruned),
                          len(r.unfinished), len(r.unreadable), " ".join(f"{a:.6f}" for a in r.accs),
                          " ".join(f"{a:.6f}" for a in r.vals)])
     return buf.getvalue()
@@ -229,14 +234,20 @@ def plot(rows: list[Row]):
     return fig
 
 
-def write_report(sweep_dir: Path, sweep: Sweep | None = None) -> Sweep:
+def write_report(sweep_dir: Path, sweep: Sweep | None = None, study: Any = None) -> Sweep:
     """Write ``report.*`` for ``sweep`` (collected from ``sweep_dir`` unless given); a dir without jobs gets
-    nothing."""
+    nothing. ``study``: a search's Optuna study, whose section and pictures join the report
+    (:mod:`mpl_runner.search_report`)."""
     sweep_dir = Path(sweep_dir)
     sweep = sweep or collect(sweep_dir)
     if not sweep.jobs:
         return sweep
-    atomic_write_bytes(sweep_dir / "report.md", markdown(sweep, sweep_dir).encode())
+    text = markdown(sweep, sweep_dir)
+    if study is not None:
+        from mpl_runner import search_report
+
+        text += "\n".join(search_report.section(study, search_report.write_plots(study, sweep_dir))) + "\n"
+    atomic_write_bytes(sweep_dir / "report.md", text.encode())
     atomic_write_bytes(sweep_dir / "report.csv", csv_text(sweep.rows).encode())
     if any(r.seeds for r in sweep.rows):
         from mpl_runner.figures import save_png  # matplotlib only when there is something to plot
@@ -252,9 +263,13 @@ class SweepReport(Callback):
 
     def on_job_end(self, config: Any, job_return: Any = None, **kwargs: Any) -> None:
         if config.hydra.mode == RunMode.MULTIRUN and world_from_env().is_main:
-            self.on_multirun_end(config)
+            self._write(config)
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        if "optuna" not in str(config.hydra.sweeper.get("_target_", "")).lower():  # (a search wrote its own, with
+            self._write(config)                                                  # its study: search_report.py)
+
+    def _write(self, config: Any) -> None:
         from mpl_runner import sweep
 
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -273,8 +288,13 @@ def main(argv: list[str] | None = None) -> None:
     if not sweep.jobs:  # not a sweep dir: nothing is written there
         print(f"mpl-report: error: no jobs (no */.hydra/overrides.yaml) under {args.sweep_dir}", file=sys.stderr)
         sys.exit(2)
-    write_report(args.sweep_dir, sweep)
-    print(markdown(sweep, args.sweep_dir), end="")
+    study = None
+    if (args.sweep_dir / "optimization_results.yaml").is_file():  # a search: Optuna only then
+        from mpl_runner.search_report import load_study
+
+        study = load_study(args.sweep_dir)
+    write_report(args.sweep_dir, sweep, study)
+    print((args.sweep_dir / "report.md").read_text(), end="")
     print(f"wrote {args.sweep_dir}/report.md, report.csv"
           + (", report.png" if any(r.seeds for r in sweep.rows) else ""))
 

@@ -36,6 +36,7 @@ from mpl_runner.methods import Method, build_method
 from mpl_runner.models import build_model, count_parameters, handed_out_model_config, model_key
 from mpl_runner.provenance import provenance
 from mpl_runner.signals import Interrupted, StopSignals
+from mpl_runner.trial import TrialPruned, TrialReporter
 from mpl_runner.validate import config_warnings, renamed, validate, validate_world
 
 log = logging.getLogger("mpl_runner")
@@ -64,6 +65,8 @@ def failure_record(err: BaseException, checkpoint_step: int | None = None) -> di
     record = {"status": "failed", "error": f"{type(err).__name__}: {err}"}
     if isinstance(err, Interrupted):
         record = {"status": "interrupted", "signal": err.signum.name}
+    if isinstance(err, TrialPruned):  # (search, issue 19: the pruner stopped this trial after err.step)
+        record = {"status": "pruned", "step": err.step, "val/acc": err.value}
     if checkpoint_step is not None:
         record["checkpoint_step"] = checkpoint_step
     return record
@@ -196,7 +199,8 @@ def _execute(cfg: DictConfig, run_dir: Path, world: World) -> Trained:
     # the next piece: either way metrics.json says "interrupted", with the checkpoint to go on from.
     with StopSignals() as stop:
         try:
-            metrics = train(method, data, cfg.trainer, device, tracker, amp, save=save, start=start, stop=stop)
+            metrics = train(method, data, cfg.trainer, device, tracker, amp, save=save, start=start, stop=stop,
+                            trial=TrialReporter.from_cfg(cfg))  # (search call site, issue 19: None outside one)
             stop.check(steps)
             split = report_split(data)
             figures = {"confusion_matrix": confusion_figure(metrics[f"{split}/confusion"], data.class_names, split)}
@@ -217,6 +221,9 @@ def _execute(cfg: DictConfig, run_dir: Path, world: World) -> Trained:
                     run_dirs.require_usable(run_dir)
             except run_dirs.RunDirGone as gone:  # (no record that points at files that are gone)
                 raise gone from err
+            if isinstance(err, TrialPruned):  # (search call site, issue 19: HParams shows the trial pruned)
+                tracker.hparams(cfg, {"val/acc": err.value}, err.step, leading=hparams_leading(cfg),
+                                extra={**origin, "search/status": "pruned"})
             if write:
                 try:
                     kept = last_checkpoint if checkpoint_path.is_file() else None

@@ -2,10 +2,17 @@
 
 Each batch asks ``n_jobs`` trials, launches them as jobs of the multirun through the configured launcher (basic,
 joblib, submitit) and tells each its value: what the job returns (``mpl-run``: val/acc). ``n_trials`` counts the
-study's completed trials, so the same command again (same storage and study_name) runs only the remainder; trials
-an interrupted sweep left RUNNING are marked FAIL first and replaced (so one sweep per study at a time: another
-one's running trials would count as left over). A job that fails is told FAIL, and the sweep ends after its batch
-with that job's error, as a multirun of Hydra's basic sweeper does. Jobs are numbered by their trial's number.
+study's completed (and pruned) trials, so the same command again (same storage and study_name) runs only the
+remainder; trials an interrupted sweep left RUNNING are marked FAIL first and replaced (so one sweep per study at a time: another
+one's running trials would count as left over). A job that fails (a crash, a diverged run) is told FAIL and the
+search goes on; it stops once ``max_failures`` trials of this sweep failed (null: 20 % of n_trials, rounded up),
+with one line naming them. Jobs are numbered by their trial's number.
+
+Pruning (``hydra/sweeper/pruner``: none, median, percentile, successive_halving, hyperband, with Optuna's options as
+keys): each job gets its trial through its Hydra config (``hydra.sweeper.trial_id``, ``study_name``, ``storage``),
+reports val/acc to it through the study's storage at every evaluation, in its own process whatever the launcher,
+and stops when the pruner says so (:mod:`mpl_runner.trial`); such a job returns :class:`mpl_runner.trial.Pruned`
+and is told PRUNED. Steps are training steps (``n_warmup_steps``, ``min_resource``).
 
 The search space: ``hydra.sweeper.params`` and the sweep overrides of the command line (which take precedence), in
 Hydra's override grammar::
@@ -22,8 +29,10 @@ A plain value goes to every trial as it is. Storage: null (in memory), an RDB UR
 from __future__ import annotations
 
 import logging
+import math
 import numbers
 import os
+import warnings
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -60,7 +69,7 @@ class TPESamplerConf:
     seed: Optional[int] = None
     n_startup_trials: int = 10
     multivariate: bool = False
-    constant_liar: bool = False  # n_jobs > 1: the trials of a batch keep apart
+    constant_liar: Optional[bool] = None  # null: on where trials run at once (n_jobs > 1): they keep apart
 
 
 @dataclass
@@ -85,20 +94,67 @@ class GPSamplerConf:
 
 
 SAMPLERS = {"tpe": TPESamplerConf, "random": RandomSamplerConf, "qmc": QMCSamplerConf, "gp": GPSamplerConf}
+#: samplers whose state is in the study's storage (QMC: its sequence's position): a resume keeps their seed
+STORED_STATE = ("optuna.samplers.QMCSampler",)
+
+
+@dataclass
+class NoPrunerConf:
+    _target_: str = "optuna.pruners.NopPruner"
+
+
+@dataclass
+class MedianPrunerConf:
+    _target_: str = "optuna.pruners.MedianPruner"
+    n_startup_trials: int = 5  # trials that run to the end before any is pruned
+    n_warmup_steps: int = 0  # training steps before a trial can be pruned
+    interval_steps: int = 1
+    n_min_trials: int = 1
+
+
+@dataclass
+class PercentilePrunerConf(MedianPrunerConf):
+    _target_: str = "optuna.pruners.PercentilePruner"
+    percentile: float = 25.0  # the best percentile % of the trials at a step go on
+
+
+@dataclass
+class SuccessiveHalvingPrunerConf:
+    _target_: str = "optuna.pruners.SuccessiveHalvingPruner"
+    min_resource: Any = "auto"  # training steps of the first rung ("auto": from the first trial that completes)
+    reduction_factor: int = 4
+    min_early_stopping_rate: int = 0
+    bootstrap_count: int = 0
+
+
+@dataclass
+class HyperbandPrunerConf:
+    _target_: str = "optuna.pruners.HyperbandPruner"
+    min_resource: int = 1  # training steps
+    max_resource: Any = "auto"  # training steps ("auto": those of the first trial that completes)
+    reduction_factor: int = 3
+    bootstrap_count: int = 0
+
+
+PRUNERS = {"none": NoPrunerConf, "median": MedianPrunerConf, "percentile": PercentilePrunerConf,
+           "successive_halving": SuccessiveHalvingPrunerConf, "hyperband": HyperbandPrunerConf}
 
 
 @dataclass
 class OptunaSweeperConf:
     _target_: str = "hydra_plugins.mpl_runner_search.OptunaSweeper"
     _recursive_: bool = False  # the sampler is made in sweep(), its seed moved on by the trials a study has
-    defaults: List[Any] = field(default_factory=lambda: [{"sampler": "tpe"}])
+    defaults: List[Any] = field(default_factory=lambda: [{"sampler": "tpe"}, {"pruner": "none"}])
     sampler: Any = MISSING
+    pruner: Any = MISSING  # hydra/sweeper/pruner: see PRUNERS
     direction: Direction = Direction.maximize
     study_name: Optional[str] = None  # null: a new study each time (a persistent storage resumes one by its name)
     storage: Optional[str] = None  # see STORAGES
-    n_trials: int = 20  # completed trials the study ends with, those of earlier runs included
+    n_trials: int = 20  # completed (or pruned) trials the study ends with, those of earlier runs included
     n_jobs: int = 1  # trials asked and launched together
+    max_failures: Optional[int] = None  # failed trials that stop this sweep (null: 20 % of n_trials, rounded up)
     params: Optional[Dict[str, Any]] = None  # key: Hydra's override grammar (see the module's docstring)
+    trial_id: Optional[int] = None  # set by the sweeper for each job of a search with a pruner (mpl_runner/trial.py)
 
 
 def register_search_configs() -> None:
@@ -116,6 +172,8 @@ def register_search_configs() -> None:
     cs.store(group="hydra/sweeper", name="optuna", node=OptunaSweeperConf, provider="mpl_runner")
     for name, node in SAMPLERS.items():
         cs.store(group="hydra/sweeper/sampler", name=name, node=node, provider="mpl_runner")
+    for name, node in PRUNERS.items():
+        cs.store(group="hydra/sweeper/pruner", name=name, node=node, provider="mpl_runner")
     plugins.register(OptunaSweeper)
 
 
@@ -240,18 +298,26 @@ class OptunaSweeperImpl(Sweeper):
     :class:`OptunaSweeperConf` for the config)."""
 
     def __init__(self, sampler: Any, direction: Any, study_name: Optional[str], storage: Optional[str],
-                 n_trials: int, n_jobs: int, params: Optional[DictConfig]):
-        for key, count, least in (("n_trials", n_trials, 1), ("n_jobs", n_jobs, 1)):
+                 n_trials: int, n_jobs: int, params: Optional[DictConfig], pruner: Any = None,
+                 max_failures: Optional[int] = None, trial_id: Optional[int] = None):
+        for key, count, least in (("n_trials", n_trials, 1), ("n_jobs", n_jobs, 1),
+                                  ("max_failures", 1 if max_failures is None else max_failures, 1)):
             if count < least:
                 raise ConfigError(f"hydra.sweeper.{key}", count, f">= {least}")
         check_storage(storage)
         self.sampler, self.study_name, self.storage = sampler, study_name, storage
+        self.pruner = OmegaConf.to_container(pruner, resolve=True) if isinstance(pruner, DictConfig) else pruner
         self.direction = direction.name if isinstance(direction, Direction) else str(direction)
         self.n_trials, self.n_jobs = n_trials, n_jobs
+        self.max_failures = math.ceil(0.2 * n_trials) if max_failures is None else max_failures
         self.params = OmegaConf.to_container(params) if isinstance(params, DictConfig) else params
         self.config: Optional[DictConfig] = None
         self.hydra_context: Optional[HydraContext] = None
         self.launcher = None
+
+    @property
+    def prunes(self) -> bool:
+        return bool(self.pruner) and self.pruner.get("_target_") != NoPrunerConf._target_
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         from hydra.core.plugins import Plugins
@@ -271,8 +337,11 @@ class OptunaSweeperImpl(Sweeper):
                               "trial would run the same config")
         sweep_dir = Path(self.config.hydra.sweep.dir)
         check_storage_folder(self.storage, sweep_dir)
+        self.check_pruner()
+        check_workers(self.storage)
         points = [[*fixed, *(f"{key}={value}" for key, value in point.items())] for point in corners(space)]
         dirs = sweep.check_jobs(self.hydra_context, self.config, points, what="search corner", check_dirs=False)
+        check_existing_study(self.storage, self.study_name, self.direction, space)
         if sweep.DRY_RUN:
             sweep.list_jobs(points, [d.parent / "<trial>" for d in dirs], what="search corner")
             return
@@ -280,57 +349,186 @@ class OptunaSweeperImpl(Sweeper):
             OmegaConf.save(self.config, sweep_dir / "multirun.yaml")  # (as Hydra's basic sweeper: the command)
             self._search(space, fixed, sweep_dir)
 
+    def check_pruner(self) -> None:
+        """A pruner Optuna accepts with these options, and a storage the trials' processes reach it through."""
+        if not self.prunes:
+            return
+        name = next((k for k, v in PRUNERS.items() if v._target_ == self.pruner.get("_target_")), "?")
+        try:
+            instantiate(self.pruner)
+        except Exception as err:  # noqa: BLE001 - Optuna's ValueError, wrapped by Hydra's InstantiationException
+            cause = err.__cause__ or err
+            options = {k: v for k, v in self.pruner.items() if k != "_target_"}
+            raise ConfigError(f"hydra.sweeper.pruner ({name})", options, f"options {name} takes "
+                              f"({one_line(cause).split(': ', 1)[-1]})") from None
+        if self.storage is None:
+            raise ConfigError("hydra.sweeper.storage", None, f"a stored study with a pruner (hydra/sweeper/pruner="
+                              f"{name}): each trial reports to it from its own process; e.g. "
+                              "journal:${hydra.sweep.dir}/optuna.log or sqlite:///${hydra.sweep.dir}/optuna.db")
+
+    def _sampler(self, study: Any) -> Any:
+        """The configured sampler. A resumed study's sampler whose state is not in the storage starts from seed +
+        its trial count (the same seed again would ask for the points the first run began with); one whose state
+        is (QMC: one scrambled sequence for the whole study) keeps its seed."""
+        seed = self.sampler.get("seed")
+        target = self.sampler.get("_target_")
+        options: Dict[str, Any] = {}
+        if seed is not None and target not in STORED_STATE:
+            options["seed"] = seed + len(study.trials)
+        if "constant_liar" in self.sampler and self.sampler.get("constant_liar") is None:
+            options["constant_liar"] = self.n_jobs > 1
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*constant_liar.*")
+            return instantiate(self.sampler, **options)
+
     def _search(self, space: Dict[str, Any], fixed: List[str], sweep_dir: Path) -> None:
         import optuna
         from optuna.trial import TrialState
 
+        from mpl_runner.cli_errors import one_line_error
+        from mpl_runner.run_dirs import hydra_quote
+        from mpl_runner.trial import Pruned
+
         storage = open_storage(self.storage)
         study = optuna.create_study(storage=storage, study_name=self.study_name, direction=self.direction,
                                     load_if_exists=True)
-        if study.direction.name.lower() != self.direction:
+        if study.direction.name.lower() != self.direction:  # (check_existing_study said so before; a race)
             raise ConfigError("hydra.sweeper.direction", self.direction,
                               f"{study.direction.name.lower()}, the direction of study {study.study_name!r} in "
                               "that storage")
-        # A resumed study's sampler starts from seed + its trial count: the same seed again would ask for the
-        # points the first run began with.
-        seed = self.sampler.get("seed")
-        study.sampler = instantiate(self.sampler, **({} if seed is None else {"seed": seed + len(study.trials)}))
+        study.sampler = self._sampler(study)
+        if self.prunes:
+            study.pruner = instantiate(self.pruner)
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             log.warning(f"trial {trial.number} of study {study.study_name!r} was left running (an interrupted "
                         "sweep): marked failed, another trial takes its place")
             study.tell(trial.number, state=TrialState.FAIL)
-        done = complete(study)
+        done = finished(study)
         log.info(f"study {study.study_name!r}: {done} of {self.n_trials} trials done; {max(self.n_trials - done, 0)} "
-                 f"to run, {self.n_jobs} at a time; search space: {', '.join(space) or 'none'}")
-        while (left := self.n_trials - complete(study)) > 0:
+                 f"to run, {self.n_jobs} at a time; search space: {', '.join(space) or 'none'}"
+                 + (f"; pruner {self.pruner['_target_'].rsplit('.', 1)[-1]}" if self.prunes else ""))
+        failures: List[str] = []  # "<trial number>: <its error, one line>"
+        while (left := self.n_trials - finished(study)) > 0:
             trials = [study.ask(space) for _ in range(min(self.n_jobs, left))]
             batch = [[*fixed, *(f"{key}={trial.params[key]}" for key in space)] for trial in trials]
+            if self.prunes:  # (the job reaches its trial through the storage: mpl_runner/trial.py)
+                batch = [[*job, f"hydra.sweeper.trial_id={trial._trial_id}",
+                          f"hydra.sweeper.study_name={hydra_quote(study.study_name)}",
+                          f"hydra.sweeper.storage={hydra_quote(self.storage)}"] for job, trial in zip(batch, trials)]
             try:
                 self.validate_batch_is_legal(batch)
                 returns = self.launcher.launch(batch, initial_job_idx=trials[0].number)
             except BaseException:  # a config Hydra refuses, an interrupt: these trials did not run to the end
                 for trial in trials:
-                    study.tell(trial, state=TrialState.FAIL)
+                    if study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
+                        study.tell(trial, state=TrialState.FAIL)
                 raise
-            failure = None
             for trial, ret in zip(trials, returns):
                 job_dir = OmegaConf.select(ret.hydra_cfg or {}, "hydra.runtime.output_dir")
                 if job_dir is not None:
                     trial.set_user_attr("job_dir", str(job_dir))
                 try:
                     value = ret.return_value  # (a failed job: raises its error)
-                    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+                    if isinstance(value, Pruned):
+                        study.tell(trial, state=TrialState.PRUNED)
+                        continue
+                    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value):
                         raise JobFailed(f"job {trial.number} ({job_dir}) returned {value!r}, not a number to "
                                         "optimise")
-                except Exception as err:  # noqa: BLE001 - raised after the batch, as Hydra's basic sweeper does
+                except Exception as err:  # noqa: BLE001 - the search goes on (Optuna's catch), up to max_failures
+                    line = one_line_error(err) or (str(err) if isinstance(err, JobFailed) else one_line(err))
+                    trial.set_user_attr("error", line)
                     study.tell(trial, state=TrialState.FAIL)
-                    failure = failure or err
+                    failures.append(f"{trial.number}: {line}")
+                    log.warning(f"trial {trial.number} failed ({len(failures)} of hydra.sweeper.max_failures="
+                                f"{self.max_failures}); the search goes on: {line}")
                 else:
-                    study.tell(trial, float(value))  # (NaN: Optuna records a failed trial)
-            write_results(study, sweep_dir)
-            if failure is not None:
-                raise failure
-        write_results(study, sweep_dir)
+                    study.tell(trial, float(value))
+            stopped = len(failures) >= self.max_failures
+            self.written(study, sweep_dir, pictures=stopped)
+            if stopped:
+                raise UserError(f"the search stopped: {len(failures)} trials failed (hydra.sweeper.max_failures="
+                                f"{self.max_failures}): trial {'; trial '.join(failures)}"[:2000])
+        self.written(study, sweep_dir, pictures=True)
+
+    def written(self, study: Any, sweep_dir: Path, pictures: bool = False) -> None:
+        """``optimization_results.yaml`` and the sweep report brought up to date; ``pictures``: with the study's
+        section and pictures (when the search ends: drawing them takes seconds)."""
+        from mpl_runner.report import write_report
+
+        write_results(study, sweep_dir, self.storage)
+        try:
+            write_report(sweep_dir, study=study if pictures else None)
+        except Exception as err:  # noqa: BLE001 - a report that cannot be drawn does not stop the search
+            log.warning(f"the sweep report was not written: {one_line(err)}")
+
+
+def check_workers(storage: Optional[str]) -> None:
+    """An in-memory study cannot be shared: refused where this process is one of several workers (a SLURM array)."""
+    tasks = os.environ.get("SLURM_ARRAY_TASK_COUNT")
+    if storage is None and tasks is not None and tasks.isdigit() and int(tasks) > 1:
+        raise ConfigError("hydra.sweeper.storage", None, f"a storage the {tasks} workers of this SLURM array share "
+                          "(an RDB URL or journal:<file> on a shared disk): in memory, each would run a study of "
+                          "its own")
+
+
+def check_existing_study(storage: Optional[str], study_name: Optional[str], direction: str,
+                         space: Dict[str, Any]) -> None:
+    """A stored study of that name goes on only with the same direction and search space (a resume would mix
+    trials of two searches); checked before anything is written (a storage file that is not there yet holds no
+    study, and is not made here)."""
+    from mpl_runner.run_dirs import storage_path
+
+    if storage is None or study_name is None:
+        return
+    path = storage_path(storage)
+    if path is not None and not path.is_file():
+        return
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.load_study(study_name=study_name, storage=open_storage(storage))
+    except KeyError:  # (no such study in that storage)
+        return
+    where = f"study {study_name!r} in {storage}; another study_name starts a new study"
+    if study.direction.name.lower() != direction:
+        raise ConfigError("hydra.sweeper.direction", direction, f"{study.direction.name.lower()}, the direction of "
+                          f"{where}")
+    stored: Dict[str, Any] = {}
+    for trial in study.get_trials(deepcopy=False):
+        for key, dist in trial.distributions.items():
+            stored.setdefault(key, dist)
+    if not stored:
+        return
+    for key in sorted(set(stored) | set(space)):
+        if stored.get(key) != space.get(key):
+            raise ConfigError(f"hydra.sweeper.params.{key}", shown(space.get(key)),
+                              f"{shown(stored.get(key))}, its range in {where}")
+
+
+def shown(dist: Any) -> str:
+    """An Optuna distribution in the params grammar (None: not in the space)."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    if dist is None:
+        return "(not searched)"
+    if isinstance(dist, CategoricalDistribution):
+        return f"choice({', '.join(map(str, dist.choices))})"
+    if isinstance(dist, (FloatDistribution, IntDistribution)):
+        if dist.step not in (None, 1) or isinstance(dist, IntDistribution):
+            text = f"range({dist.low}, {dist.high}, {dist.step}) (high included)"
+        else:
+            text = f"interval({dist.low}, {dist.high})"
+        return f"tag(log, {text})" if dist.log else text
+    return repr(dist)
+
+
+def finished(study: Any) -> int:
+    """Trials that ran to their end or to the pruner's stop (what n_trials counts; failed ones are replaced)."""
+    from optuna.trial import TrialState
+
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
 
 
 def complete(study: Any) -> int:
@@ -339,16 +537,23 @@ def complete(study: Any) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
 
 
-def write_results(study: Any, sweep_dir: Path) -> None:
-    """``optimization_results.yaml`` in the sweep dir: the best trial so far (as hydra-optuna-sweeper wrote it)."""
+def write_results(study: Any, sweep_dir: Path, storage: Optional[str] = None) -> None:
+    """``optimization_results.yaml`` in the sweep dir: the best trial so far (as hydra-optuna-sweeper wrote it),
+    the trial counts, and where the study is (``mpl-report`` opens it there; null: in memory)."""
     import yaml
     from optuna.trial import TrialState
 
-    if not complete(study):
-        return
-    best = study.best_trial
+    from mpl_runner.run_dirs import storage_path
+
+    path = storage_path(storage) if storage else None
+    if path is not None:  # (mpl-report may run elsewhere)
+        storage = storage.replace(str(path), os.path.abspath(path), 1) if str(path) in storage else storage
     results = {"name": "optuna", "study_name": study.study_name, "direction": study.direction.name.lower(),
-               "best_trial": best.number, "best_value": best.value, "best_params": dict(best.params),
-               "trials_complete": complete(study),
-               "trials_failed": len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))}
+               "storage": storage}
+    if complete(study):
+        best = study.best_trial
+        results.update({"best_trial": best.number, "best_value": best.value, "best_params": dict(best.params)})
+    results.update({"trials_complete": complete(study),
+                    "trials_pruned": len(study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))),
+                    "trials_failed": len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))})
     atomic_write_bytes(sweep_dir / RESULTS, yaml.safe_dump(results, sort_keys=False).encode())

@@ -60,9 +60,10 @@ def test_a_stored_study_resumes_without_repeating_finished_trials_and_replaces_o
 
 
 def test_a_journal_file_study_goes_on_after_a_crash_and_an_interrupted_trial(tmp_path, monkeypatch, capsys):
-    """A job that crashes is told FAIL, the other jobs of its batch still count, and the search ends with that job's
-    line (as a crashed job of any multirun does); a job stopped by SIGTERM ends it at once (exit 128 + 15), told FAIL
-    too. Neither counts as done: the same command again runs replacements."""
+    """A job that crashes is told FAIL, the other jobs of its batch still count, and the search, at its
+    max_failures (20 % of 2 trials: 1), ends with one line naming the trial and that job's error; a job stopped by
+    SIGTERM ends it at once (exit 128 + 15), told FAIL too. Neither counts as done: the same command again runs
+    replacements."""
     journal, sweep = tmp_path / "sweep" / "optuna.log", tmp_path / "sweep"
     original, calls = run_module.run, []
 
@@ -78,7 +79,8 @@ def test_a_journal_file_study_goes_on_after_a_crash_and_an_interrupted_trial(tmp
     status, _, stderr = search(tmp_path, monkeypatch, capsys, f"journal:{journal}", 2, "hydra.sweeper.n_jobs=2")
     crashed, storage = job_dirs(sweep)[0], JournalStorage(JournalFileBackend(str(journal)))
     assert status == 2 and stderr.strip().splitlines()[-1] == (
-        f"mpl-run: error: job 0 ({crashed}) failed: RuntimeError: boom; traceback in {crashed / 'run.log'}")
+        "mpl-run: error: the search stopped: 1 trials failed (hydra.sweeper.max_failures=1): trial 0: "
+        f"job 0 ({crashed}) failed: RuntimeError: boom; traceback in {crashed / 'run.log'}")
     assert [t.state for t in study(storage).trials] == [FAIL, COMPLETE]
     assert yaml.safe_load((sweep / "optimization_results.yaml").read_text())["best_trial"] == 1
 
@@ -159,3 +161,74 @@ def test_a_bad_search_setting_is_one_line(tmp_path, monkeypatch, capsys, overrid
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"mpl-run: error: {message}"), stderr
     assert list(tmp_path.iterdir()) == []  # no sweep dir, no storage, no folder for it
+
+
+def fake_runs(monkeypatch, fails: set[int]) -> list:
+    """``run`` replaced by one that returns at once (val/acc from the call count), and fails (diverges) on the
+    calls numbered in ``fails`` (from 0): the sweeper's side alone, in a fraction of a second per trial."""
+    from mpl_runner.errors import UserError
+
+    calls = []
+
+    def run(cfg, run_dir):
+        calls.append(run_dir)
+        if len(calls) - 1 in fails:
+            raise UserError("step 10: train/model/loss = nan; lower optim.lr")
+        return {"status": "completed", "val/acc": 0.5 + 0.01 * len(calls)}
+
+    monkeypatch.setattr(run_module, "run", run)
+    return calls
+
+
+def test_a_failing_trial_is_told_fail_and_the_search_goes_on_until_max_failures(tmp_path, monkeypatch, capsys):
+    """Two trials diverge; the search still ends with its 3 completed trials (exit 0), and its report lists each
+    failed trial with its error. With max_failures=2 the same failures stop it, with one line naming them."""
+    fake_runs(monkeypatch, fails={0, 2})
+    status, _, stderr = search(tmp_path, monkeypatch, capsys, "null", 3, "hydra.sweeper.max_failures=3")
+    assert status == 0, stderr
+    results = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
+    assert (results["trials_complete"], results["trials_failed"]) == (3, 2)
+    report = (tmp_path / "sweep" / "report.md").read_text()
+    failed = report.split("### Failed trials\n\n")[1].split("\n\n")[0].strip().splitlines()
+    assert failed == ["- trial 0: step 10: train/model/loss = nan; lower optim.lr",
+                      "- trial 2: step 10: train/model/loss = nan; lower optim.lr"]
+    assert "3 completed, 0 pruned, 2 failed trials" in report
+    assert "hydra.mode=RUN" in report.split("Run it again:")[1]  # (the best trial's overrides as one command)
+    assert {p.name for p in (tmp_path / "sweep").glob("search_*.png")} == {
+        "search_history.png", "search_importances.png", "search_parallel.png"}
+
+    fake_runs(monkeypatch, fails={0, 2})
+    (tmp_path / "again").mkdir()
+    status, _, stderr = search(tmp_path / "again", monkeypatch, capsys, "null", 3, "hydra.sweeper.max_failures=2")
+    lines = stderr.strip().splitlines()
+    assert status == 2 and lines[-1] == (
+        "mpl-run: error: the search stopped: 2 trials failed (hydra.sweeper.max_failures=2): trial 0: step 10: "
+        "train/model/loss = nan; lower optim.lr; trial 2: step 10: train/model/loss = nan; lower optim.lr"), stderr
+
+
+def qmc_params(tmp_path, monkeypatch, capsys, name: str, *n_trials: int) -> list[dict]:
+    url = f"sqlite:///{tmp_path}/{name}.db"
+    for n in n_trials:
+        fake_runs(monkeypatch, fails=set())
+        status, _, stderr = search(tmp_path, monkeypatch, capsys, url, n, "hydra/sweeper/sampler=qmc",
+                                   f"hydra.sweep.dir={tmp_path / name}")
+        assert status == 0, stderr
+    return [t.params for t in study(url).trials]
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_a_resumed_qmc_search_continues_its_sequence(tmp_path, monkeypatch, capsys):
+    """QMC's place in its sequence is in the storage: a resume keeps the study's seed (reseeding would restart
+    the sequence with another scrambling), so 2 + 2 trials are the 4 of an uninterrupted search."""
+    resumed = qmc_params(tmp_path, monkeypatch, capsys, "resumed", 2, 4)
+    assert resumed == qmc_params(tmp_path, monkeypatch, capsys, "whole", 4)
+    assert len({tuple(p.values()) for p in resumed}) == 4
+
+
+@pytest.mark.parametrize("n_jobs, liar", [(1, False), (2, True)])
+def test_tpe_lies_constantly_where_trials_run_at_once(n_jobs, liar):
+    from mpl_runner.search import OptunaSweeperImpl
+
+    sweeper = OptunaSweeperImpl(OmegaConf.structured(SAMPLERS["tpe"](seed=0)), "maximize", None, None, 4, n_jobs,
+                                None)
+    assert sweeper._sampler(optuna.create_study())._constant_liar is liar
