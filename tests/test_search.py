@@ -3,6 +3,7 @@ trials, interrupted trials are replaced, the params grammar becomes Optuna distr
 
 from __future__ import annotations
 
+import csv
 import json
 import signal
 
@@ -16,7 +17,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from conftest import TINY, cli_in_process, job_dirs
+from conftest import REPO, TINY, cli_in_process, job_dirs
 from mpl_runner import run as run_module
 from mpl_runner.search import SAMPLERS, search_space
 from mpl_runner.signals import Interrupted
@@ -232,3 +233,49 @@ def test_tpe_lies_constantly_where_trials_run_at_once(n_jobs, liar):
     sweeper = OptunaSweeperImpl(OmegaConf.structured(SAMPLERS["tpe"](seed=0)), "maximize", None, None, 4, n_jobs,
                                 None)
     assert sweeper._sampler(optuna.create_study())._constant_liar is liar
+
+
+def seeded_study(storage_url: str) -> None:
+    """Study two_moons_mpl with one completed trial (the preset's space) whose val/acc was 2.0 at every
+    evaluation: no real trial reaches it, so the median pruner stops the next one at its first evaluation."""
+    from optuna.trial import create_trial
+
+    space, _ = search_space(OmegaConf.to_container(
+        OmegaConf.load(REPO / "conf/hparams_search/two_moons_optuna.yaml").hydra.sweeper.params), [])
+    storage = JournalStorage(JournalFileBackend(storage_url.split(":", 1)[1])) if storage_url.startswith(
+        "journal:") else storage_url
+    seeded = optuna.create_study(study_name="two_moons_mpl", storage=storage, direction="maximize")
+    seeded.add_trial(create_trial(params={k: d.low if hasattr(d, "low") else d.choices[0] for k, d in space.items()},
+                                  distributions=space, value=2.0, intermediate_values={10: 2.0, 20: 2.0}))
+
+
+PRUNING = ["hydra/sweeper/pruner=median", "hydra.sweeper.pruner.n_startup_trials=1", "trainer.checkpoint_interval=10"]
+
+
+@pytest.mark.parametrize("launcher", [
+    [],  # the basic launcher: the job runs in this process, and still reaches its trial through the storage
+    pytest.param(["hydra/launcher=local_parallel"], marks=pytest.mark.slow),  # loky worker processes (~30 s)
+])
+def test_a_pruned_trial_stops_after_that_evaluation_and_is_recorded_pruned(tmp_path, monkeypatch, capsys,
+                                                                           launcher):
+    """The job reports val/acc to its trial through the storage, is pruned after step 10 of 30, writes its record
+    (status pruned, the step, its checkpoint kept), exits 0 and is told PRUNED; the report and TensorBoard's
+    HParams show it pruned; n_trials counts it (the search ends)."""
+    url = f"journal:{tmp_path / 'study.log'}"
+    seeded_study(url)
+    status, _, stderr = search(tmp_path, monkeypatch, capsys, url, 2, *PRUNING, *launcher)
+    assert status == 0, stderr
+    trial = study(JournalStorage(JournalFileBackend(str(tmp_path / "study.log")))).trials[1]
+    assert trial.state == TrialState.PRUNED and list(trial.intermediate_values) == [10]
+    (job,) = job_dirs(tmp_path / "sweep")
+    record = json.loads((job / "metrics.json").read_text())
+    assert (record["status"], record["step"], record["checkpoint_step"]) == ("pruned", 10, 10)
+    assert record["val/acc"] == trial.intermediate_values[10]
+    assert (job / "checkpoints" / "last.pt").is_file()
+    assert "1 completed, 1 pruned, 0 failed trials" in (tmp_path / "sweep" / "report.md").read_text()
+    rows = {r["setting"]: r for r in csv.DictReader((tmp_path / "sweep" / "report.csv").open())}
+    assert [r["pruned"] for r in rows.values()] == ["1"]
+    events = b"".join(p.read_bytes() for p in job.glob("events.out.tfevents.*"))
+    assert b"search/status" in events and b"pruned" in events  # (HParams: a column saying pruned)
+    best = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
+    assert (best["trials_complete"], best["trials_pruned"]) == (1, 1)
