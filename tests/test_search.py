@@ -279,3 +279,54 @@ def test_a_pruned_trial_stops_after_that_evaluation_and_is_recorded_pruned(tmp_p
     assert b"search/status" in events and b"pruned" in events  # (HParams: a column saying pruned)
     best = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
     assert (best["trials_complete"], best["trials_pruned"]) == (1, 1)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["hydra/sweeper/pruner=sometimes"], "hydra/sweeper/pruner=sometimes is not an option; choose one of: "
+     "hyperband, median, none, percentile, successive_halving"),
+    (["hydra/sweeper/pruner=median", "hydra.sweeper.pruner.min_resource=5"],
+     "hydra.sweeper.pruner.min_resource is not a config key; the keys there are: _target_, n_startup_trials, "
+     "n_warmup_steps, interval_steps, n_min_trials"),  # (successive halving's option, given to median)
+    (["hydra/sweeper/pruner=percentile", "hydra.sweeper.pruner.percentile=150", "hydra.sweeper.storage=journal:x"],
+     "hydra.sweeper.pruner (percentile)={'n_startup_trials': 5, 'n_warmup_steps': 0, 'interval_steps': 1, "
+     "'n_min_trials': 1, 'percentile': 150.0} is not allowed: options percentile takes (Percentile must be"),
+    (["hydra/sweeper/pruner=median"], "hydra.sweeper.storage=None is not allowed: a stored study with a pruner "
+     "(hydra/sweeper/pruner=median): each trial reports to it from its own process"),
+    (["hydra.sweeper.max_failures=0"], "hydra.sweeper.max_failures=0 is not allowed: >= 1"),
+])
+def test_a_bad_pruner_or_failure_setting_is_one_line(tmp_path, monkeypatch, capsys, overrides, message):
+    status, _, stderr = cli_in_process(["hparams_search=two_moons_optuna", *overrides,
+                                        f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path, monkeypatch, capsys)
+    lines = stderr.strip().splitlines()
+    assert status == 2 and len(lines) == 1 and lines[0].startswith(f"mpl-run: error: {message}"), stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_in_memory_study_is_refused_to_the_workers_of_a_slurm_array(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "4")
+    status, _, stderr = cli_in_process(["hparams_search=two_moons_optuna", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+                                       tmp_path, monkeypatch, capsys)
+    assert status == 2 and stderr.strip() == (
+        "mpl-run: error: hydra.sweeper.storage=None is not allowed: a storage the 4 workers of this SLURM array "
+        "share (an RDB URL or journal:<file> on a shared disk): in memory, each would run a study of its own")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["hydra.sweeper.direction=minimize"], "hydra.sweeper.direction='minimize' is not allowed: maximize, the "
+     "direction of study 'two_moons_mpl' in sqlite:///{db}; another study_name starts a new study"),
+    (["optim.lr=tag(log, interval(0.001, 1.0))"], "hydra.sweeper.params.optim.lr='tag(log, interval(0.001, 1.0))' "
+     "is not allowed: tag(log, interval(0.01, 1.0)), its range in study 'two_moons_mpl' in sqlite:///{db}"),
+    (["seed=0,1"], "hydra.sweeper.params.seed='choice(0, 1)' is not allowed: (not searched), its range in study"),
+])
+def test_a_stored_study_with_another_direction_or_space_is_refused_naming_which(tmp_path, monkeypatch, capsys,
+                                                                                  overrides, message):
+    db = tmp_path / "study.db"
+    seeded_study(f"sqlite:///{db}")
+    before = db.read_bytes()
+    status, _, stderr = cli_in_process(["hparams_search=two_moons_optuna", f"hydra.sweeper.storage=sqlite:///{db}",
+                                        *overrides, f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path, monkeypatch,
+                                       capsys)
+    lines = stderr.strip().splitlines()
+    assert status == 2 and len(lines) == 1 and lines[0].startswith(f"mpl-run: error: {message.format(db=db)}"), stderr
+    assert list(tmp_path.iterdir()) == [db] and db.read_bytes() == before  # no sweep dir; the study as it was
