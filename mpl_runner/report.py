@@ -34,6 +34,7 @@ METRIC = "test/acc"
 VAL_METRIC = "val/acc"
 PROVENANCE = "provenance/"  # which code and machine made a job's numbers (mpl_runner/provenance.py)
 SEED_KEYS = ("seed",)
+SEARCH_SECTION = "\n## Search\n"  # (mpl_runner/search_report.py)
 
 
 def _mean(values: list[float]) -> float | None:
@@ -247,6 +248,13 @@ def write_report(sweep_dir: Path, sweep: Sweep | None = None, study: Any = None)
         from mpl_runner import search_report
 
         text += "\n".join(search_report.section(study, search_report.write_plots(study, sweep_dir))) + "\n"
+    else:  # (a search's section, which its sweeper wrote with the study in hand: kept, e.g. an in-memory study's)
+        try:
+            before = (sweep_dir / "report.md").read_text()
+        except (OSError, UnicodeDecodeError):
+            before = ""
+        if SEARCH_SECTION in before:
+            text += SEARCH_SECTION + before.split(SEARCH_SECTION, 1)[1]
     atomic_write_bytes(sweep_dir / "report.md", text.encode())
     atomic_write_bytes(sweep_dir / "report.csv", csv_text(sweep.rows).encode())
     if any(r.seeds for r in sweep.rows):

@@ -124,7 +124,8 @@ def write_plots(study: Any, sweep_dir: Path) -> list[str]:
                 warnings.simplefilter("ignore")  # (Optuna's ExperimentalWarning for its matplotlib plots)
                 axes = make(study)
             figure = getattr(axes, "figure", None) or axes.flat[0].figure
-            figure.set_size_inches(8, 5)
+            figure.set_size_inches(9, 5.5)
+            figure.tight_layout()  # (the parameter names: long keys, cut off at the edge otherwise)
             save_png(figure, Path(sweep_dir) / name)
             written.append(name)
         except Exception as err:  # noqa: BLE001 - one picture that cannot be drawn leaves the others

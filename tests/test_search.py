@@ -19,6 +19,7 @@ from optuna.trial import TrialState
 
 from conftest import REPO, TINY, cli_in_process, job_dirs
 from mpl_runner import run as run_module
+from mpl_runner.report import main as report_main
 from mpl_runner.search import SAMPLERS, search_space
 from mpl_runner.signals import Interrupted
 
@@ -197,6 +198,9 @@ def test_a_failing_trial_is_told_fail_and_the_search_goes_on_until_max_failures(
     assert "hydra.mode=RUN" in report.split("Run it again:")[1]  # (the best trial's overrides as one command)
     assert {p.name for p in (tmp_path / "sweep").glob("search_*.png")} == {
         "search_history.png", "search_importances.png", "search_parallel.png"}
+    report_main([str(tmp_path / "sweep")])  # (an in-memory study is gone: the section the sweeper wrote stays)
+    assert (tmp_path / "sweep" / "report.md").read_text().split("\n## Search\n")[1] == report.split(
+        "\n## Search\n")[1]
 
     fake_runs(monkeypatch, fails={0, 2})
     (tmp_path / "again").mkdir()
@@ -279,6 +283,13 @@ def test_a_pruned_trial_stops_after_that_evaluation_and_is_recorded_pruned(tmp_p
     assert b"search/status" in events and b"pruned" in events  # (HParams: a column saying pruned)
     best = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
     assert (best["trials_complete"], best["trials_pruned"]) == (1, 1)
+
+    # mpl-report reads the study again from the storage that optimization_results.yaml names
+    for made in [tmp_path / "sweep" / "report.md", *(tmp_path / "sweep").glob("search_*.png")]:
+        made.unlink()
+    report_main([str(tmp_path / "sweep")])
+    assert "1 completed, 1 pruned, 0 failed trials" in (tmp_path / "sweep" / "report.md").read_text()
+    assert (tmp_path / "sweep" / "search_history.png").stat().st_size > 1000
 
 
 @pytest.mark.parametrize("overrides, message", [
