@@ -186,8 +186,8 @@ def _pct(value: float | None) -> str:
 def markdown(sweep: Sweep, sweep_dir: Path) -> str:
     shared = " ".join(f"{k}={v}" for k, v in sweep.common.items()) or "none"
     lines = [f"# Sweep report: {sweep_dir}", "",
-             f"`{VAL_METRIC}` and `{METRIC}` (%) over seeds: choose on val, report test. Failed, unfinished and "
-             f"unreadable jobs are listed, not averaged. Overrides shared by every job: `{shared}`.", "",
+             f"`{VAL_METRIC}` and `{METRIC}` (%) over seeds: choose on val, report test. Failed, pruned, "
+             f"unfinished and unreadable jobs are listed, not averaged. Overrides shared by every job: `{shared}`.", "",
              "| setting | val mean | val std | test mean | test std | seeds | failed | pruned | unfinished | "
              "unreadable |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]

@@ -132,7 +132,7 @@ def check_run_dir(directory: str, key: str | None = "hydra.run.dir") -> None:
 
 #: what a sweep writes into its dir beside the job dirs (Hydra, submitit, the report, the search)
 SWEEP_FILES = ("multirun.yaml", "report.md", "report.csv", "report.png", "optimization_results.yaml", ".submitit",
-               LOCK_NAME, "search_history.png", "search_importances.png", "search_parallel.png")  # (search_report.PLOTS)
+               LOCK_NAME, "search_history.png", "search_importances.png", "search_parallel.png")  # (search_report)
 
 
 def check_sweep_dir(directory: str, own: tuple[str, ...] = ()) -> None:

@@ -3,10 +3,10 @@
 Each batch asks ``n_jobs`` trials, launches them as jobs of the multirun through the configured launcher (basic,
 joblib, submitit) and tells each its value: what the job returns (``mpl-run``: val/acc). ``n_trials`` counts the
 study's completed (and pruned) trials, so the same command again (same storage and study_name) runs only the
-remainder; trials an interrupted sweep left RUNNING are marked FAIL first and replaced (so one sweep per study at a time: another
-one's running trials would count as left over). A job that fails (a crash, a diverged run) is told FAIL and the
-search goes on; it stops once ``max_failures`` trials of this sweep failed (null: 20 % of n_trials, rounded up),
-with one line naming them. Jobs are numbered by their trial's number.
+remainder; trials an interrupted sweep left RUNNING are marked FAIL first and replaced (so one sweep per study at a
+time: another one's running trials would count as left over). A job that fails (a crash, a diverged run) is told
+FAIL and the search goes on; it stops once ``max_failures`` trials of this sweep failed (null: 20 % of n_trials,
+rounded up), with one line naming them. Jobs are numbered by their trial's number.
 
 Pruning (``hydra/sweeper/pruner``: none, median, percentile, successive_halving, hyperband, with Optuna's options as
 keys): each job gets its trial through its Hydra config (``hydra.sweeper.trial_id``, ``study_name``, ``storage``),
@@ -158,7 +158,8 @@ class OptunaSweeperConf:
 
 
 def register_search_configs() -> None:
-    """Store ``hydra/sweeper: basic`` (:mod:`mpl_runner.sweep`), ``hydra/sweeper: optuna`` and ``hydra/sweeper/sampler: tpe | random | qmc | gp`` in Hydra's ConfigStore
+    """Store ``hydra/sweeper: basic`` (:mod:`mpl_runner.sweep`), ``hydra/sweeper: optuna``, ``hydra/sweeper/sampler:
+    tpe | random | qmc | gp`` and ``hydra/sweeper/pruner: none | median | ...`` (:data:`PRUNERS`) in Hydra's ConfigStore
     and make the sweeper known to Hydra (it scans ``hydra_plugins``, but not an editable install's)."""
     from hydra.core.plugins import Plugins
 
@@ -420,8 +421,7 @@ class OptunaSweeperImpl(Sweeper):
                 returns = self.launcher.launch(batch, initial_job_idx=trials[0].number)
             except BaseException:  # a config Hydra refuses, an interrupt: these trials did not run to the end
                 for trial in trials:
-                    if study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
-                        study.tell(trial, state=TrialState.FAIL)
+                    study.tell(trial, state=TrialState.FAIL)
                 raise
             for trial, ret in zip(trials, returns):
                 job_dir = OmegaConf.select(ret.hydra_cfg or {}, "hydra.runtime.output_dir")

@@ -1,4 +1,5 @@
-"""The trial side of a search with a pruner (``hydra/sweeper/pruner=median``, ...; the sweeper: :mod:`mpl_runner.search`).
+"""The trial side of a search with a pruner (``hydra/sweeper/pruner=median``, ...; the sweeper:
+:mod:`mpl_runner.search`).
 
 The sweeper gives each job its trial through the job's Hydra config (``hydra.sweeper.trial_id``, with the study's
 ``storage`` and ``study_name``), so a job in another process (joblib, submitit) reaches the same trial through the
