@@ -211,22 +211,44 @@ def test_a_failing_trial_is_told_fail_and_the_search_goes_on_until_max_failures(
         "train/model/loss = nan; lower optim.lr; trial 2: step 10: train/model/loss = nan; lower optim.lr"), stderr
 
 
-def qmc_params(tmp_path, monkeypatch, capsys, name: str, *n_trials: int) -> list[dict]:
-    url = f"sqlite:///{tmp_path}/{name}.db"
-    for n in n_trials:
-        fake_runs(monkeypatch, fails=set())
-        status, _, stderr = search(tmp_path, monkeypatch, capsys, url, n, "hydra/sweeper/sampler=qmc",
-                                   f"hydra.sweep.dir={tmp_path / name}")
-        assert status == 0, stderr
-    return [t.params for t in study(url).trials]
+class Returned:
+    """What a launcher hands back for a job (Hydra's JobReturn, as the sweeper reads it)."""
+
+    def __init__(self, value: float):
+        self.return_value, self.hydra_cfg = value, OmegaConf.create({"hydra": {}})
+
+
+def sweeper_alone(storage: str, n_trials: int, sampler: str):
+    """The search sweeper with a launcher that runs nothing (each job returns the sum of its values): the
+    sampling alone, in a fraction of a second."""
+    from mpl_runner.search import OptunaSweeperImpl
+
+    class Launcher:
+        def launch(self, batch, initial_job_idx):
+            return [Returned(sum(float(o.split("=")[1]) for o in job)) for job in batch]
+
+    sweeper = OptunaSweeperImpl(OmegaConf.structured(SAMPLERS[sampler](seed=0)), "maximize", "two_moons_mpl",
+                                storage, n_trials, 1, None)
+    sweeper.launcher = Launcher()
+    sweeper.validate_batch_is_legal = lambda batch: None
+    return sweeper
+
+
+QMC_SPACE = {"optim.lr": FloatDistribution(0.01, 1.0, log=True), "method.uda.weight": FloatDistribution(0.25, 4.0)}
 
 
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
-def test_a_resumed_qmc_search_continues_its_sequence(tmp_path, monkeypatch, capsys):
+def test_a_resumed_qmc_search_continues_its_sequence(tmp_path):
     """QMC's place in its sequence is in the storage: a resume keeps the study's seed (reseeding would restart
     the sequence with another scrambling), so 2 + 2 trials are the 4 of an uninterrupted search."""
-    resumed = qmc_params(tmp_path, monkeypatch, capsys, "resumed", 2, 4)
-    assert resumed == qmc_params(tmp_path, monkeypatch, capsys, "whole", 4)
+    def params(name: str, *n_trials: int) -> list[dict]:
+        url = f"sqlite:///{tmp_path}/{name}.db"
+        for n in n_trials:
+            sweeper_alone(url, n, "qmc")._search(QMC_SPACE, [], tmp_path)
+        return [t.params for t in study(url).trials]
+
+    resumed = params("resumed", 2, 4)
+    assert resumed == params("whole", 4)
     assert len({tuple(p.values()) for p in resumed}) == 4
 
 
