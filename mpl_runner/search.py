@@ -28,10 +28,13 @@ A plain value goes to every trial as it is. Storage: null (in memory), an RDB UR
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import numbers
 import os
+import threading
+import time
 import warnings
 from dataclasses import dataclass, field
 from enum import Enum
@@ -153,6 +156,10 @@ class OptunaSweeperConf:
     n_trials: int = 20  # completed (or pruned) trials the study ends with, those of earlier runs included
     n_jobs: int = 1  # trials asked and launched together
     max_failures: Optional[int] = None  # failed trials that stop this sweep (null: 20 % of n_trials, rounded up)
+    # seconds between the heartbeats of a stored study's running trials; a trial without one for 3 intervals is
+    # taken for dead (its worker killed) and replaced. null: every trial found running at the start is taken for
+    # dead (one sweep per study at a time)
+    heartbeat_interval: Optional[int] = 30
     params: Optional[Dict[str, Any]] = None  # key: Hydra's override grammar (see the module's docstring)
     trial_id: Optional[int] = None  # set by the sweeper for each job of a search with a pruner (mpl_runner/trial.py)
 
@@ -300,16 +307,18 @@ class OptunaSweeperImpl(Sweeper):
 
     def __init__(self, sampler: Any, direction: Any, study_name: Optional[str], storage: Optional[str],
                  n_trials: int, n_jobs: int, params: Optional[DictConfig], pruner: Any = None,
-                 max_failures: Optional[int] = None, trial_id: Optional[int] = None):
+                 max_failures: Optional[int] = None, trial_id: Optional[int] = None,
+                 heartbeat_interval: Optional[int] = None):
         for key, count, least in (("n_trials", n_trials, 1), ("n_jobs", n_jobs, 1),
-                                  ("max_failures", 1 if max_failures is None else max_failures, 1)):
+                                  ("max_failures", 1 if max_failures is None else max_failures, 1),
+                                  ("heartbeat_interval", 1 if heartbeat_interval is None else heartbeat_interval, 1)):
             if count < least:
                 raise ConfigError(f"hydra.sweeper.{key}", count, f">= {least}")
         check_storage(storage)
         self.sampler, self.study_name, self.storage = sampler, study_name, storage
         self.pruner = OmegaConf.to_container(pruner, resolve=True) if isinstance(pruner, DictConfig) else pruner
         self.direction = direction.name if isinstance(direction, Direction) else str(direction)
-        self.n_trials, self.n_jobs = n_trials, n_jobs
+        self.n_trials, self.n_jobs, self.heartbeat_interval = n_trials, n_jobs, heartbeat_interval
         self.max_failures = math.ceil(0.2 * n_trials) if max_failures is None else max_failures
         self.params = OmegaConf.to_container(params) if isinstance(params, DictConfig) else params
         self.config: Optional[DictConfig] = None
@@ -386,10 +395,6 @@ class OptunaSweeperImpl(Sweeper):
         import optuna
         from optuna.trial import TrialState
 
-        from mpl_runner.cli_errors import one_line_error
-        from mpl_runner.run_dirs import hydra_quote
-        from mpl_runner.trial import Pruned
-
         storage = open_storage(self.storage)
         study = optuna.create_study(storage=storage, study_name=self.study_name, direction=self.direction,
                                     load_if_exists=True)
@@ -400,56 +405,113 @@ class OptunaSweeperImpl(Sweeper):
         study.sampler = self._sampler(study)
         if self.prunes:
             study.pruner = instantiate(self.pruner)
-        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            log.warning(f"trial {trial.number} of study {study.study_name!r} was left running (an interrupted "
-                        "sweep): marked failed, another trial takes its place")
-            study.tell(trial.number, state=TrialState.FAIL)
+        beat = Heartbeat(storage, self.heartbeat_interval) if storage is not None and self.heartbeat_interval else None
+        if beat is None:  # (no heartbeats: no other sweep runs this study, so what is running was left over)
+            for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                log.warning(f"trial {trial.number} of study {study.study_name!r} was left running (an interrupted "
+                            "sweep): marked failed, another trial takes its place")
+                study.tell(trial.number, state=TrialState.FAIL)
         done = finished(study)
         log.info(f"study {study.study_name!r}: {done} of {self.n_trials} trials done; {max(self.n_trials - done, 0)} "
                  f"to run, {self.n_jobs} at a time; search space: {', '.join(space) or 'none'}"
                  + (f"; pruner {self.pruner['_target_'].rsplit('.', 1)[-1]}" if self.prunes else ""))
         failures: List[str] = []  # "<trial number>: <its error, one line>"
-        while (left := self.n_trials - finished(study)) > 0:
-            trials = [study.ask(space) for _ in range(min(self.n_jobs, left))]
-            batch = [[*fixed, *(f"{key}={trial.params[key]}" for key in space)] for trial in trials]
-            if self.prunes:  # (the job reaches its trial through the storage: mpl_runner/trial.py)
-                batch = [[*job, f"hydra.sweeper.trial_id={trial._trial_id}",
-                          f"hydra.sweeper.study_name={hydra_quote(study.study_name)}",
-                          f"hydra.sweeper.storage={hydra_quote(self.storage)}"] for job, trial in zip(batch, trials)]
-            try:
-                self.validate_batch_is_legal(batch)
-                returns = self.launcher.launch(batch, initial_job_idx=trials[0].number)
-            except BaseException:  # a config Hydra refuses, an interrupt: these trials did not run to the end
-                for trial in trials:
-                    study.tell(trial, state=TrialState.FAIL)
-                raise
-            for trial, ret in zip(trials, returns):
-                job_dir = OmegaConf.select(ret.hydra_cfg or {}, "hydra.runtime.output_dir")
-                if job_dir is not None:
-                    trial.set_user_attr("job_dir", str(job_dir))
-                try:
-                    value = ret.return_value  # (a failed job: raises its error)
-                    if isinstance(value, Pruned):
-                        study.tell(trial, state=TrialState.PRUNED)
-                        continue
-                    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value):
-                        raise JobFailed(f"job {trial.number} ({job_dir}) returned {value!r}, not a number to "
-                                        "optimise")
-                except Exception as err:  # noqa: BLE001 - the search goes on (Optuna's catch), up to max_failures
-                    line = one_line_error(err) or (str(err) if isinstance(err, JobFailed) else one_line(err))
-                    trial.set_user_attr("error", line)
-                    study.tell(trial, state=TrialState.FAIL)
-                    failures.append(f"{trial.number}: {line}")
-                    log.warning(f"trial {trial.number} failed ({len(failures)} of hydra.sweeper.max_failures="
-                                f"{self.max_failures}); the search goes on: {line}")
-                else:
-                    study.tell(trial, float(value))
-            stopped = len(failures) >= self.max_failures
-            self.written(study, sweep_dir, pictures=stopped)
-            if stopped:
-                raise UserError(f"the search stopped: {len(failures)} trials failed (hydra.sweeper.max_failures="
-                                f"{self.max_failures}): trial {'; trial '.join(failures)}"[:2000])
+        with beat or contextlib.nullcontext():
+            while trials := self._next_trials(study, space, beat):
+                self._run(study, trials, fixed, space, sweep_dir, failures)
+                if beat is not None:
+                    beat.forget(trials)
         self.written(study, sweep_dir, pictures=True)
+
+    def _next_trials(self, study: Any, space: Dict[str, Any], beat: Optional["Heartbeat"]) -> List[Any]:
+        """Up to n_jobs new trials, as many as n_trials leaves once the finished trials and those running (in other
+        workers, whose heartbeats are alive) are counted; none when the study has its n_trials. While the trials
+        running elsewhere would make up n_trials, this waits: one of them may fail (or its worker die)."""
+        from optuna.trial import TrialState
+
+        waited = False
+        while True:
+            if beat is not None:
+                fail_stale(study, beat.grace)
+            done = finished(study)
+            if done >= self.n_trials:
+                return []
+            running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+            if self.n_trials - done - running > 0 or beat is None:
+                break
+            if not waited:
+                log.info(f"study {study.study_name!r}: {done} trials done and {running} running in other workers "
+                         f"make up n_trials={self.n_trials}; waiting in case one of them fails")
+                waited = True
+            time.sleep(beat.interval)
+        trials = []
+        for _ in range(min(self.n_jobs, self.n_trials - done - running)):
+            trial = study.ask(space)
+            if beat is not None:
+                beat.add(trial)
+            trials.append(trial)
+        if beat is None:
+            return trials
+        # Two workers may ask at once: a trial with n_trials finished or running trials before it is one too many.
+        alive = [t.number for t in study.get_trials(deepcopy=False, states=(
+            TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))]
+        kept = []
+        for trial in trials:
+            if sum(number < trial.number for number in alive) >= self.n_trials:
+                trial.set_user_attr("error", "not run: other workers' trials made up n_trials")
+                study.tell(trial, state=TrialState.FAIL)
+                beat.forget([trial])
+            else:
+                kept.append(trial)
+        return kept
+
+    def _run(self, study: Any, trials: List[Any], fixed: List[str], space: Dict[str, Any], sweep_dir: Path,
+             failures: List[str]) -> None:
+        """Launch ``trials`` as jobs and tell each its outcome; stop the search at max_failures."""
+        from optuna.trial import TrialState
+
+        from mpl_runner.cli_errors import one_line_error
+        from mpl_runner.run_dirs import hydra_quote
+        from mpl_runner.trial import Pruned
+
+        batch = [[*fixed, *(f"{key}={trial.params[key]}" for key in space)] for trial in trials]
+        if self.prunes:  # (the job reaches its trial through the storage: mpl_runner/trial.py)
+            batch = [[*job, f"hydra.sweeper.trial_id={trial._trial_id}",
+                      f"hydra.sweeper.study_name={hydra_quote(study.study_name)}",
+                      f"hydra.sweeper.storage={hydra_quote(self.storage)}"] for job, trial in zip(batch, trials)]
+        try:
+            self.validate_batch_is_legal(batch)
+            returns = self.launcher.launch(batch, initial_job_idx=trials[0].number)
+        except BaseException:  # a config Hydra refuses, an interrupt: these trials did not run to the end
+            for trial in trials:
+                study.tell(trial, state=TrialState.FAIL)
+            raise
+        for trial, ret in zip(trials, returns):
+            job_dir = OmegaConf.select(ret.hydra_cfg or {}, "hydra.runtime.output_dir")
+            if job_dir is not None:
+                trial.set_user_attr("job_dir", str(job_dir))
+            try:
+                value = ret.return_value  # (a failed job: raises its error)
+                if isinstance(value, Pruned):
+                    study.tell(trial, state=TrialState.PRUNED)
+                    continue
+                if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value):
+                    raise JobFailed(f"job {trial.number} ({job_dir}) returned {value!r}, not a number to "
+                                    "optimise")
+            except Exception as err:  # noqa: BLE001 - the search goes on (Optuna's catch), up to max_failures
+                line = one_line_error(err) or (str(err) if isinstance(err, JobFailed) else one_line(err))
+                trial.set_user_attr("error", line)
+                study.tell(trial, state=TrialState.FAIL)
+                failures.append(f"{trial.number}: {line}")
+                log.warning(f"trial {trial.number} failed ({len(failures)} of hydra.sweeper.max_failures="
+                            f"{self.max_failures}); the search goes on: {line}")
+            else:
+                study.tell(trial, float(value))
+        stopped = len(failures) >= self.max_failures
+        self.written(study, sweep_dir, pictures=stopped)
+        if stopped:
+            raise UserError(f"the search stopped: {len(failures)} trials failed (hydra.sweeper.max_failures="
+                            f"{self.max_failures}): trial {'; trial '.join(failures)}"[:2000])
 
     def written(self, study: Any, sweep_dir: Path, pictures: bool = False) -> None:
         """``optimization_results.yaml`` and the sweep report brought up to date; ``pictures``: with the study's
@@ -461,6 +523,74 @@ class OptunaSweeperImpl(Sweeper):
             write_report(sweep_dir, study=study if pictures else None)
         except Exception as err:  # noqa: BLE001 - a report that cannot be drawn does not stop the search
             log.warning(f"the sweep report was not written: {one_line(err)}")
+
+
+#: the trial system attr a worker's heartbeat writes: unix time
+HEARTBEAT = "mpl_runner:heartbeat"
+
+
+class Heartbeat:
+    """While this worker's trials run, their heartbeat in the study's storage every ``interval`` seconds (a
+    thread), so other workers tell a live worker's trials from those of a worker that died (:func:`fail_stale`).
+    For RDB and journal storages alike: a trial system attr."""
+
+    def __init__(self, storage: Any, interval: float):
+        self.storage, self.interval, self.grace = storage, interval, 3 * interval
+        self.ids: set[int] = set()
+        self._lock, self._stop = threading.Lock(), threading.Event()
+        self._thread = threading.Thread(target=self._run, name="mpl-run heartbeat", daemon=True)
+
+    def add(self, trial: Any) -> None:
+        with self._lock:
+            self.ids.add(trial._trial_id)
+        self._beat(trial._trial_id)
+
+    def forget(self, trials: List[Any]) -> None:
+        with self._lock:
+            self.ids -= {t._trial_id for t in trials}
+
+    def _beat(self, trial_id: int) -> None:
+        try:
+            self.storage.set_trial_system_attr(trial_id, HEARTBEAT, time.time())
+        except Exception:  # noqa: BLE001 - told meanwhile (finished trials take no attrs), or a storage hiccup
+            pass
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            with self._lock:
+                ids = list(self.ids)
+            for trial_id in ids:
+                self._beat(trial_id)
+
+    def __enter__(self) -> "Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def fail_stale(study: Any, grace: float) -> None:
+    """Mark FAIL the running trials whose worker is gone: no heartbeat for ``grace`` seconds (or none, ``grace``
+    seconds after it started: a sweep killed between asking and its first heartbeat, or one without heartbeats)."""
+    import datetime
+
+    from optuna.trial import TrialState
+
+    now = time.time()
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        last = trial.system_attrs.get(HEARTBEAT)
+        started = (datetime.datetime.now() - trial.datetime_start).total_seconds() if trial.datetime_start else grace
+        if (now - last if last is not None else started) <= grace:
+            continue
+        why = "no heartbeat" if last is None else f"no heartbeat for {now - last:.0f} s"
+        log.warning(f"trial {trial.number} of study {study.study_name!r} was left running ({why}: its sweep is "
+                    "gone): marked failed, another trial takes its place")
+        try:
+            study.tell(trial.number, state=TrialState.FAIL)
+        except Exception:  # noqa: BLE001 - another worker told it first
+            pass
 
 
 def check_workers(storage: Optional[str]) -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import csv
 import json
 import signal
+import threading
+import time
 
 import optuna
 import pytest
@@ -45,8 +47,8 @@ def test_a_stored_study_resumes_without_repeating_finished_trials_and_replaces_o
     assert [t.state for t in study(url).trials] == [COMPLETE, COMPLETE]
     study(url).ask()  # trial 2: as a sweep killed while it ran leaves it (RUNNING)
 
-    status, _, stderr = search(tmp_path, monkeypatch, capsys, url, 3)  # the same command, one trial more
-    assert status == 0, stderr
+    status, _, stderr = search(tmp_path, monkeypatch, capsys, url, 3, "hydra.sweeper.heartbeat_interval=null")
+    assert status == 0, stderr  # (the same command, one trial more; without heartbeats, what runs is left over)
     trials = study(url).trials
     assert [t.state for t in trials] == [COMPLETE, COMPLETE, FAIL, COMPLETE]  # exactly one more trial ran
     assert [j.name.split("_")[0] for j in job_dirs(sweep)] == ["0", "1", "3"]  # job number = trial number
@@ -218,17 +220,21 @@ class Returned:
         self.return_value, self.hydra_cfg = value, OmegaConf.create({"hydra": {}})
 
 
-def sweeper_alone(storage: str, n_trials: int, sampler: str):
-    """The search sweeper with a launcher that runs nothing (each job returns the sum of its values): the
-    sampling alone, in a fraction of a second."""
+def sweeper_alone(storage: str, n_trials: int, sampler: str, seed: int = 0, heartbeat: int | None = None,
+                  job_seconds: float = 0.0):
+    """The search sweeper with a launcher that runs nothing (each job returns the sum of its values after
+    ``job_seconds``): the sampling alone, in a fraction of a second."""
+    import time
+
     from mpl_runner.search import OptunaSweeperImpl
 
     class Launcher:
         def launch(self, batch, initial_job_idx):
+            time.sleep(job_seconds)
             return [Returned(sum(float(o.split("=")[1]) for o in job)) for job in batch]
 
-    sweeper = OptunaSweeperImpl(OmegaConf.structured(SAMPLERS[sampler](seed=0)), "maximize", "two_moons_mpl",
-                                storage, n_trials, 1, None)
+    sweeper = OptunaSweeperImpl(OmegaConf.structured(SAMPLERS[sampler](seed=seed)), "maximize", "two_moons_mpl",
+                                storage, n_trials, 1, None, heartbeat_interval=heartbeat)
     sweeper.launcher = Launcher()
     sweeper.validate_batch_is_legal = lambda batch: None
     return sweeper
@@ -363,3 +369,50 @@ def test_a_stored_study_with_another_direction_or_space_is_refused_naming_which(
     lines = stderr.strip().splitlines()
     assert status == 2 and len(lines) == 1 and lines[0].startswith(f"mpl-run: error: {message.format(db=db)}"), stderr
     assert list(tmp_path.iterdir()) == [db] and db.read_bytes() == before  # no sweep dir; the study as it was
+
+
+def journal(tmp_path) -> JournalStorage:
+    return JournalStorage(JournalFileBackend(str(tmp_path / "study.log")))
+
+
+def test_only_trials_whose_heartbeat_stopped_are_taken_for_dead(tmp_path):
+    from mpl_runner.search import HEARTBEAT, fail_stale
+
+    storage = journal(tmp_path)
+    trials = optuna.create_study(study_name="two_moons_mpl", storage=storage)
+    alive, dead, new = (trials.ask() for _ in range(3))
+    storage.set_trial_system_attr(alive._trial_id, HEARTBEAT, time.time())
+    storage.set_trial_system_attr(dead._trial_id, HEARTBEAT, time.time() - 100)
+    fail_stale(trials, grace=30)
+    assert [t.state for t in trials.trials] == [TrialState.RUNNING, FAIL, TrialState.RUNNING]  # (new: just asked)
+
+
+def test_two_workers_on_one_journal_study_run_exactly_n_trials(tmp_path):
+    """Two sweepers (threads here; processes or SLURM tasks alike) on one journal file: together exactly
+    n_trials completed trials, each trial number once."""
+    url = f"journal:{tmp_path / 'study.log'}"
+    workers = [threading.Thread(target=sweeper_alone(url, 6, "random", seed=seed, heartbeat=1, job_seconds=0.2)
+                                ._search, args=(QMC_SPACE, [], tmp_path / f"w{seed}")) for seed in (0, 1)]
+    for seed, worker in enumerate(workers):
+        (tmp_path / f"w{seed}").mkdir()
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=60)
+    trials = study(journal(tmp_path)).trials
+    assert sum(t.state == COMPLETE for t in trials) == 6
+    assert sorted(t.number for t in trials) == list(range(len(trials)))
+    assert all(t.state in (COMPLETE, FAIL) for t in trials)  # (FAIL: asked at once by both, one too many)
+
+
+def test_a_trial_whose_worker_died_is_replaced_after_its_heartbeat_stops(tmp_path):
+    """A worker killed mid-trial leaves its trial RUNNING with a heartbeat that no longer moves: a living worker
+    waits while that trial could still make up n_trials, then marks it FAIL and runs a replacement."""
+    from mpl_runner.search import HEARTBEAT
+
+    storage = journal(tmp_path)
+    killed = optuna.create_study(study_name="two_moons_mpl", storage=storage, direction="maximize").ask(QMC_SPACE)
+    storage.set_trial_system_attr(killed._trial_id, HEARTBEAT, time.time())
+    started = time.time()
+    sweeper_alone(f"journal:{tmp_path / 'study.log'}", 1, "random", heartbeat=1)._search(QMC_SPACE, [], tmp_path)
+    assert time.time() - started >= 3  # (3 heartbeat intervals without one)
+    assert [t.state for t in study(storage).trials] == [FAIL, COMPLETE]
