@@ -3,10 +3,12 @@
 Each batch asks ``n_jobs`` trials, launches them as jobs of the multirun through the configured launcher (basic,
 joblib, submitit) and tells each its value: what the job returns (``mpl-run``: val/acc). ``n_trials`` counts the
 study's completed (and pruned) trials, so the same command again (same storage and study_name) runs only the
-remainder; trials an interrupted sweep left RUNNING are marked FAIL first and replaced (so one sweep per study at a
-time: another one's running trials would count as left over). A job that fails (a crash, a diverged run) is told
-FAIL and the search goes on; it stops once ``max_failures`` trials of this sweep failed (null: 20 % of n_trials,
-rounded up), with one line naming them. Jobs are numbered by their trial's number.
+remainder. Several sweeps (workers) may share a stored study: each writes a heartbeat for its running trials
+(:class:`Heartbeat`), a trial whose heartbeat stopped is marked FAIL and replaced (:func:`fail_stale`), and each
+counts the others' running trials against n_trials (``heartbeat_interval=null``: every trial found RUNNING is left
+over, one sweep per study). A job that fails (a crash, a diverged run) is told FAIL and the search goes on; it
+stops once ``max_failures`` trials of this sweep failed (null: 20 % of n_trials, rounded up), with one line naming
+them. Jobs are numbered by their trial's number.
 
 Pruning (``hydra/sweeper/pruner``: none, median, percentile, successive_halving, hyperband, with Optuna's options as
 keys): each job gets its trial through its Hydra config (``hydra.sweeper.trial_id``, ``study_name``, ``storage``),

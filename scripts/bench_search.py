@@ -3,6 +3,11 @@ optim.lr, method.uda.weight, method.uda.threshold) with each pruner, over sample
 
     python scripts/bench_search.py [--trials 24] [--seeds 0 1 2] [--pruners none median successive_halving]
                                    [--steps 600] [--out docs/search.json] [--md docs/search.md] [--keep DIR]
+    python scripts/bench_search.py --workers 2 [--trials 8] [--steps 600] ...
+
+``--workers N``: instead, trials per hour of one worker against N workers (``mpl-run`` processes, one CPU thread
+per trial each) on one journal-file study, in one run; checks that the N workers ran exactly ``--trials`` trials,
+each trial number once.
 
 Each search is one ``mpl-run`` process (one CPU thread per trial, trials one after another). Per search it reports
 the best val/acc, the training steps its trials spent (a pruned trial: the step it was stopped after) and both
@@ -42,12 +47,10 @@ def search(sweep_dir: Path, pruner: str, seed: int, trials: int, steps: int) -> 
 
     from mpl_runner.search import open_storage
 
-    sixth = max(steps // 6, 1)  # (the preset's evaluation interval and student wait at 600 steps: 100)
-    command = [sys.executable, "-m", "mpl_runner", "hparams_search=digits_optuna", f"hydra/sweeper/pruner={pruner}",
-               *PRUNER_OPTIONS[pruner], f"hydra.sweeper.sampler.seed={seed}", f"hydra.sweeper.n_trials={trials}",
-               f"trainer.steps={steps}", f"trainer.eval_interval={sixth}", f"method.student_wait_steps={sixth}",
-               "trainer.num_threads=1",
-               "device=cpu", f"hydra.sweep.dir={sweep_dir}"]
+    # (the preset's storage: the journal file in the sweep dir; steps // 6: the preset's evaluation interval and
+    # student wait at 600 steps, 100)
+    command = [*command_line(sweep_dir, f"journal:{sweep_dir}/optuna.log", seed, trials, steps),
+               f"hydra/sweeper/pruner={pruner}", *PRUNER_OPTIONS[pruner]]
     start = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     seconds = time.perf_counter() - start
@@ -64,6 +67,65 @@ def search(sweep_dir: Path, pruner: str, seed: int, trials: int, steps: int) -> 
             "failed": states.count(TrialState.FAIL), "seconds": round(seconds, 1)}
 
 
+def command_line(sweep_dir: Path, storage: str, seed: int, trials: int, steps: int) -> list[str]:
+    sixth = max(steps // 6, 1)
+    return [sys.executable, "-m", "mpl_runner", "hparams_search=digits_optuna", f"hydra.sweeper.storage={storage}",
+            f"hydra.sweeper.sampler.seed={seed}", f"hydra.sweeper.n_trials={trials}", f"trainer.steps={steps}",
+            f"trainer.eval_interval={sixth}", f"method.student_wait_steps={sixth}", "trainer.num_threads=1",
+            "device=cpu", f"hydra.sweep.dir={sweep_dir}"]
+
+
+def throughput(root: Path, workers: int, trials: int, steps: int) -> dict:
+    """Trials per hour of ``workers`` processes on one journal study of ``trials`` trials."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from mpl_runner.search import open_storage
+
+    root.mkdir(parents=True)
+    storage = f"journal:{root / 'study.log'}"
+    start = time.perf_counter()
+    procs = [subprocess.Popen(command_line(root / f"worker{i}", storage, i, trials, steps), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+             for i in range(workers)]
+    errors = [p.communicate()[1] for p in procs]
+    seconds = time.perf_counter() - start
+    for p, err in zip(procs, errors):
+        if p.returncode != 0:
+            raise SystemExit(f"bench_search: a worker failed:\n{err[-2000:]}")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name="digits_mpl", storage=open_storage(storage))
+    numbers = [t.number for t in study.trials]
+    done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
+    return {"workers": workers, "trials_done": done, "exact": done == trials,
+            "unique_numbers": len(numbers) == len(set(numbers)), "seconds": round(seconds, 1),
+            "trials_per_hour": round(3600 * done / seconds, 1)}
+
+
+def main_workers(args) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = args.keep or Path(tmp)
+        rows = [throughput(root / "one", 1, args.trials, args.steps),
+                throughput(root / f"{args.workers}", args.workers, args.trials, args.steps)]
+    ratio = round(rows[1]["trials_per_hour"] / rows[0]["trials_per_hour"], 2)
+    command = "python scripts/bench_search.py " + " ".join(sys.argv[1:])
+    table = "\n".join(["| workers | trials | exact | unique numbers | seconds | trials/hour |",
+                       "|---:|---:|---|---|---:|---:|"] + [
+        f"| {r['workers']} | {r['trials_done']} | {r['exact']} | {r['unique_numbers']} | {r['seconds']} | "
+        f"{r['trials_per_hour']} |" for r in rows]) + f"\n\nratio: {ratio}x"
+    print(table)
+    record = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "command": command,
+              "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "rows": rows,
+              "ratio": ratio}
+    out = args.out.with_name(args.out.stem + "_workers.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    with args.md.open("a") as md:
+        md.write(f"\n### {record['date']}: {args.workers} workers against 1, {args.trials} trials, {args.steps} "
+                 f"steps\n\n`{command}`\n\n{table}\n")
+    print(f"wrote {out}, appended to {args.md}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=24)
@@ -74,7 +136,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("docs/search.json"))
     parser.add_argument("--md", type=Path, default=Path("docs/search.md"))
     parser.add_argument("--keep", type=Path, default=None, help="keep the sweep dirs under DIR (default: removed)")
+    parser.add_argument("--workers", type=int, default=None, help="trials per hour of N workers against one")
     args = parser.parse_args()
+    if args.workers is not None:
+        return main_workers(args)
     if "none" not in args.pruners:
         parser.error("--pruners must include none: the other searches are compared with it")
 
