@@ -26,7 +26,6 @@ from mpl_runner.errors import ConfigError, JobFailed, Refused, UserError, one_li
 from mpl_runner.files import atomic_write_json, write_error
 from mpl_runner.resolvers import require_validation_split
 from mpl_runner.signals import Interrupted
-from mpl_runner.sweep import take_dry_run_flag
 from mpl_runner.validate import validate, validate_overrides
 
 log = logging.getLogger("mpl_runner")
@@ -148,7 +147,10 @@ def cli() -> None:
     """Console entry point. User mistakes end as one line on stderr and exit status 2, without a traceback."""
     # Let Hydra's exceptions reach us instead of being printed by Hydra over several lines.
     os.environ["HYDRA_FULL_ERROR"] = "1"
-    register_configs()
+    register_configs()  # (first: Hydra's plugin scan runs Hydra's BasicSweeper module again, which mpl_runner.sweep
+    #                      must subclass afterwards)
+    from mpl_runner.sweep import take_dry_run_flag
+
     distributed.start(world_from_env())  # under torchrun: join the process group before Hydra names the run dir
     try:
         sys.argv[1:] = take_dry_run_flag(sys.argv[1:])
