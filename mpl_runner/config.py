@@ -39,7 +39,7 @@ class TrainerConfig:
     num_threads: Optional[int] = MISSING  # torch intra-op threads; None: torch's default
     amp: str = MISSING  # none | bf16 | fp16 (with a gradient scaler) | auto (CUDA: bf16 if supported, else fp16)
     channels_last: bool = MISSING  # NHWC memory layout for image models and batches
-    progress: bool = MISSING  # one console line per evaluation
+    progress: bool = MISSING  # one console line per evaluation (on a terminal: a progress bar; run.log: the lines)
     progress_interval: Optional[int] = MISSING  # also a line (losses, speed) every N steps; None: evaluations only
     checkpoint_interval: Optional[int] = MISSING  # checkpoints/last.pt every N steps (None: at the end); on SIGTERM
     resume: Optional[str] = MISSING  # a run dir: go on from its checkpoint, in that dir
