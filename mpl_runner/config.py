@@ -71,7 +71,7 @@ def register_configs() -> None:
     cs.store(group="optim", name="schema_optim", node=OptimConfig)
     cs.store(group="trainer", name="schema_trainer", node=TrainerConfig)
     for group in ("dataset", "model", "method"):
-        for name in registry.MODULES[group]:
+        for name in registry.names(group):
             cs.store(group=group, name=f"schema_{name}", node={})  # (its place, then the node that loads it)
             cs.repo[group][f"schema_{name}.yaml"] = SchemaNode(group, name)
 

@@ -104,6 +104,11 @@ def _load() -> None:
             importlib.import_module(f"{package}.{module.name}")
 
 
+def names(group: str) -> list[str]:
+    """The options of ``group`` without importing their modules: :data:`MODULES`' and any registered already."""
+    return [*MODULES[group], *(name for name in _ENTRIES[group] if name not in MODULES[group])]
+
+
 def entries(group: str) -> dict[str, Entry]:
     """Every registered option of ``group``, by name (this imports every option's module)."""
     _load()
