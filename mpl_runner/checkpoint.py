@@ -15,15 +15,15 @@ import random
 import re
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
 from omegaconf import DictConfig
 
 from mpl_runner.errors import UserError, one_line
 from mpl_runner.files import atomic_write_bytes
-from mpl_runner.logging import flatten
+
+if TYPE_CHECKING:
+    import torch
 
 FORMAT = "mpl-runner checkpoint 1"
 RELATIVE_PATH = Path("checkpoints") / "last.pt"
@@ -43,6 +43,8 @@ class CheckpointError(UserError):
 
 def identity(cfg: DictConfig) -> dict[str, Any]:
     """The config keys that decide what a run computes (all but :data:`FREE_KEYS`), flattened."""
+    from mpl_runner.logging import flatten  # (TensorBoard's: not for the command line's imports)
+
     return {k: v for k, v in flatten(cfg).items() if k not in FREE_KEYS}
 
 
@@ -51,6 +53,9 @@ def identity(cfg: DictConfig) -> dict[str, Any]:
 
 def rng_state() -> dict[str, Any]:
     """Every generator a run draws from, as tensors and plain containers (what weights_only loads)."""
+    import numpy as np
+    import torch
+
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     state = {
         "python": random.getstate(),
@@ -64,6 +69,9 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    import numpy as np
+    import torch
+
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     n = state["numpy"]
@@ -86,6 +94,8 @@ def save(path: Path, step: int, cfg: DictConfig, method, loop: dict[str, Any]) -
         "rng": rng_state(),
         "loop": loop,
     }
+    import torch
+
     buffer = io.BytesIO()
     torch.save(state, buffer)
     atomic_write_bytes(path, buffer.getvalue())
@@ -102,6 +112,8 @@ def load(path: Path, device: torch.device) -> dict[str, Any]:
         raise CheckpointError(f"{path} cannot be read: {err.strerror}") from err
     if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; a cut-off one has lost its directory
         raise CheckpointError(f"{path} is truncated or not a checkpoint (not the zip archive torch.save writes)")
+    import torch
+
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as err:  # weights_only refused what the pickle asked for: not something we wrote

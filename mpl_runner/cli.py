@@ -19,16 +19,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from mpl_runner import checkpoint, distributed, resolvers, run_dirs
 from mpl_runner.run_dirs import hydra_quote, shell_word
-from mpl_runner import run as training
 from mpl_runner.cli_errors import one_line_error
+from mpl_runner.config import register_configs
 from mpl_runner.distributed import world_from_env
 from mpl_runner.errors import ConfigError, JobFailed, Refused, UserError, one_line
 from mpl_runner.files import atomic_write_json, write_error
 from mpl_runner.resolvers import require_validation_split
 from mpl_runner.signals import Interrupted
-from mpl_runner.sweep import take_dry_run_flag
 from mpl_runner.trial import Pruned, TrialPruned
-from mpl_runner.validate import validate_overrides
+from mpl_runner.validate import validate, validate_overrides
 
 log = logging.getLogger("mpl_runner")
 
@@ -96,6 +95,9 @@ def run_job(cfg: DictConfig) -> float:
         validate_overrides(cfg, hydra_cfg.overrides.task)
         if hydra_cfg.mode == RunMode.MULTIRUN:  # (the sweep dir's resolver checks it too, unless it was given)
             require_validation_split(hydra_cfg.sweeper._target_, cfg.dataset.get("num_val"))
+        validate(cfg)  # (run.execute checks again; here, a config error is told before torch is imported)
+        from mpl_runner import run as training  # torch and the rest: --help, --cfg and config errors go without
+
         return training.run(cfg, run_dir).get(SELECTION_METRIC)
     except TrialPruned as err:  # (search call site, issue 19: the sweeper tells Optuna PRUNED)
         log.info(f"trial stopped by the search's pruner after step {err.step} (val/acc {100 * err.value:.2f}%); "
@@ -123,7 +125,9 @@ def run_job(cfg: DictConfig) -> float:
             # A multirun goes on with the other jobs; this one is marked failed with its error (by rank 0), unless
             # another mpl-run holds its dir.
             if world.is_main and not (run_dir / "metrics.json").exists() and not isinstance(err, run_dirs.RunDirInUse):
-                atomic_write_json(run_dir / "metrics.json", training.failure_record(err))
+                from mpl_runner.run import failure_record
+
+                atomic_write_json(run_dir / "metrics.json", failure_record(err))
             if isinstance(err, UserError):
                 raise
             # A crash: the sweep ends with one line (cli()), its traceback goes to the job's log file.
@@ -148,6 +152,10 @@ def cli() -> None:
     """Console entry point. User mistakes end as one line on stderr and exit status 2, without a traceback."""
     # Let Hydra's exceptions reach us instead of being printed by Hydra over several lines.
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    register_configs()  # (first: Hydra's plugin scan runs Hydra's BasicSweeper module again, which mpl_runner.sweep
+    #                      must subclass afterwards)
+    from mpl_runner.sweep import take_dry_run_flag
+
     distributed.start(world_from_env())  # under torchrun: join the process group before Hydra names the run dir
     try:
         sys.argv[1:] = take_dry_run_flag(sys.argv[1:])

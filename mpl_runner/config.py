@@ -13,11 +13,10 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from hydra import compose, initialize_config_module
-from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig
+from hydra.core.config_store import ConfigNode, ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
 
-from mpl_runner import resolvers, search
-from mpl_runner.registry import entries
+from mpl_runner import registry, resolvers, search
 
 
 @dataclass
@@ -40,7 +39,7 @@ class TrainerConfig:
     num_threads: Optional[int] = MISSING  # torch intra-op threads; None: torch's default
     amp: str = MISSING  # none | bf16 | fp16 (with a gradient scaler) | auto (CUDA: bf16 if supported, else fp16)
     channels_last: bool = MISSING  # NHWC memory layout for image models and batches
-    progress: bool = MISSING  # one console line per evaluation
+    progress: bool = MISSING  # one console line per evaluation (on a terminal: a progress bar; run.log: the lines)
     progress_interval: Optional[int] = MISSING  # also a line (losses, speed) every N steps; None: evaluations only
     checkpoint_interval: Optional[int] = MISSING  # checkpoints/last.pt every N steps (None: at the end); on SIGTERM
     resume: Optional[str] = MISSING  # a run dir: go on from its checkpoint, in that dir
@@ -72,8 +71,29 @@ def register_configs() -> None:
     cs.store(group="optim", name="schema_optim", node=OptimConfig)
     cs.store(group="trainer", name="schema_trainer", node=TrainerConfig)
     for group in ("dataset", "model", "method"):
-        for name, item in entries(group).items():
-            cs.store(group=group, name=f"schema_{name}", node=item.schema)
+        for name in registry.names(group):
+            cs.store(group=group, name=f"schema_{name}", node={})  # (its place, then the node that loads it)
+            cs.repo[group][f"schema_{name}.yaml"] = SchemaNode(group, name)
+
+
+class SchemaNode(ConfigNode):
+    """``<group>/schema_<option>`` in Hydra's ConfigStore, whose schema (and so the option's module, and whatever
+    that imports) is read when Hydra first loads it: composing a config imports the modules of its options alone,
+    and ``mpl-run --help`` or a mistyped key no module that needs torch."""
+
+    def __init__(self, group: str, option: str):
+        self.option = option
+        super().__init__(name=f"schema_{option}.yaml", node=None, group=group, package=None, provider="mpl_runner")
+
+    @property
+    def node(self) -> DictConfig:
+        if self._node is None:
+            self._node = OmegaConf.structured(registry.entry(self.group, self.option).schema)
+        return self._node
+
+    @node.setter
+    def node(self, value: DictConfig | None) -> None:
+        self._node = value
 
 
 def compose_config(*overrides: str) -> DictConfig:

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+import sys
 from datetime import datetime
+from typing import TYPE_CHECKING
 
-import torch
-import torch.distributed as dist
+if TYPE_CHECKING:
+    import torch
+    import torch.distributed as dist
 
 #: the time stamp every rank puts in its run dir name (Hydra's ${now:} is per process: hydra#2070)
 STAMP_ENV = "MPL_RUN_STAMP"
@@ -36,21 +39,33 @@ class World:
         """``op`` over ranks, into a new tensor (autograd does not flow through it); ``value`` on one process."""
         if not self.distributed:
             return value
+        import torch.distributed as dist
+
         value = value.detach().clone()
         dist.all_reduce(value, op=op)
         return value
 
     def mean(self, value: torch.Tensor) -> torch.Tensor:
         """The average of ``value`` over ranks."""
-        return self._all_reduce(value, dist.ReduceOp.SUM) / self.size if self.distributed else value
+        if not self.distributed:
+            return value
+        import torch.distributed as dist
+
+        return self._all_reduce(value, dist.ReduceOp.SUM) / self.size
 
     def max(self, value: torch.Tensor) -> torch.Tensor:
+        if not self.distributed:
+            return value
+        import torch.distributed as dist
+
         return self._all_reduce(value, dist.ReduceOp.MAX)
 
     def any(self, flag: bool, device: torch.device) -> bool:
         """True on every rank if ``flag`` is true on one."""
         if not self.distributed:
             return flag
+        import torch
+
         return bool(self.max(torch.tensor(int(flag), device=device)))
 
 
@@ -69,7 +84,12 @@ def world_from_env() -> World:
 def start(world: World) -> None:
     """Join the process group and agree on the run dir's time stamp. PyTorch's default backends serve CUDA tensors
     with NCCL and CPU tensors with gloo, so a CPU run on a machine with GPUs works too."""
-    if not world.distributed or dist.is_initialized():
+    if not world.distributed:
+        return
+    import torch
+    import torch.distributed as dist
+
+    if dist.is_initialized():
         return
     if "MASTER_ADDR" not in os.environ and "SUBMITIT_EXECUTOR" in os.environ:
         import submitit
@@ -85,7 +105,8 @@ def start(world: World) -> None:
 
 
 def stop() -> None:
-    if dist.is_initialized():
+    dist = sys.modules.get("torch.distributed")  # (not imported: no process group to leave)
+    if dist is not None and dist.is_initialized():
         dist.destroy_process_group()
 
 

@@ -9,10 +9,12 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 import mpl_runner
+
+if TYPE_CHECKING:
+    import torch
 
 #: the keys :func:`provenance` records, all under ``provenance/``
 KEYS = ("package", "git_commit", "git_dirty", "python", "torch", "cuda", "cudnn", "device_name", "world_size",
@@ -37,6 +39,8 @@ def usable_cores() -> int:
 def device_name(device: torch.device) -> str:
     """The GPU's name, or the CPU's model name (Linux's /proc/cpuinfo; elsewhere what the platform says)."""
     if device.type == "cuda":
+        import torch
+
         return torch.cuda.get_device_name(device)
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -49,6 +53,8 @@ def device_name(device: torch.device) -> str:
 
 def provenance(device: torch.device, world_size: int = 1, argv: list[str] | None = None) -> dict[str, str | int | bool]:
     """``{"provenance/<key>": value}`` for :data:`KEYS`; git keys are "none" outside a checkout."""
+    import torch
+
     commit = _git("rev-parse", "HEAD")
     dirty = bool(_git("status", "--porcelain", "--untracked-files=no")) if commit else False
     cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None

@@ -7,9 +7,11 @@ A module under ``mpl_runner/data``, ``mpl_runner/models`` or ``mpl_runner/method
 naming the option's ``<group>.name``, its schema (types only: the YAML file under ``conf/<group>/`` holds every
 default), what builds it and the checks of its own keys. A composed config node is an option's by its schema
 (:func:`entry_of`); ``<group>.name`` is the option's name, except where the option says otherwise (``model=timm``:
-``model.name`` is the timm architecture). The modules of those three packages are imported when the
-registry is first read, so a new one needs no import anywhere else: a method or a data set is one module plus one
-YAML file.
+``model.name`` is the timm architecture). :data:`MODULES` names the module that registers each option: it is
+imported when the option is first read (its schema, when Hydra composes a config that chooses it), so a command
+imports only the modules of the options it uses, and ``mpl-run --help`` or a mistyped key none that need torch. A
+method or a data set is one module, one YAML file and its line in :data:`MODULES` (tests/test_cli_imports.py
+finds a module that registers an option without it).
 """
 
 from __future__ import annotations
@@ -23,6 +25,30 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 PACKAGES = {"dataset": "mpl_runner.data", "model": "mpl_runner.models", "method": "mpl_runner.methods"}
+#: the module that registers each option (imported on first use; its schema and checks must import without torch
+#: where the option is a default one: two_moons, mlp, mpl)
+MODULES = {
+    "dataset": {
+        "two_moons": "mpl_runner.data.two_moons",
+        "digits": "mpl_runner.data.digits",
+        "cifar10": "mpl_runner.data.cifar10",
+        "cifar100": "mpl_runner.data.cifar100",
+        "svhn": "mpl_runner.data.svhn",
+        "image_folder": "mpl_runner.data.image_folder",
+    },
+    "model": {
+        "mlp": "mpl_runner.models.mlp",
+        "small_cnn": "mpl_runner.models.small_cnn",
+        "wide_resnet": "mpl_runner.models.wide_resnet",
+        "timm": "mpl_runner.models.timm_backbone",
+    },
+    "method": {
+        "supervised": "mpl_runner.methods.supervised",
+        "pseudo_labels": "mpl_runner.methods.pseudo_labels",
+        "uda": "mpl_runner.methods.uda",
+        "mpl": "mpl_runner.methods.mpl_config",
+    },
+}
 
 
 def _no_check(cfg: DictConfig) -> None:
@@ -78,22 +104,31 @@ def _load() -> None:
             importlib.import_module(f"{package}.{module.name}")
 
 
+def names(group: str) -> list[str]:
+    """The options of ``group`` without importing their modules: :data:`MODULES`' and any registered already."""
+    return [*MODULES[group], *(name for name in _ENTRIES[group] if name not in MODULES[group])]
+
+
 def entries(group: str) -> dict[str, Entry]:
-    """Every registered option of ``group``, by name."""
+    """Every registered option of ``group``, by name (this imports every option's module)."""
     _load()
     return _ENTRIES[group]
 
 
 def entry(group: str, name: str) -> Entry:
-    """The option of ``group`` registered as ``name``."""
-    return entries(group)[name]
+    """The option of ``group`` registered as ``name`` (this imports its module alone)."""
+    if name not in _ENTRIES[group] and name in MODULES[group]:
+        importlib.import_module(MODULES[group][name])
+    return _ENTRIES[group][name] if name in _ENTRIES[group] else entries(group)[name]
 
 
 def entry_of(group: str, node: DictConfig) -> Entry:
     """The option of ``group`` a composed config node (``cfg.model``, ``cfg.student_model``) was made from, known
     by its schema (validate() has refused a node of no registered schema before anything is built)."""
     schema = OmegaConf.get_type(node)
-    found = next((e for e in entries(group).values() if e.schema is schema), None)
+    found = next((e for e in _ENTRIES[group].values() if e.schema is schema), None)  # (the modules loaded so far)
+    if found is None:
+        found = next((e for e in entries(group).values() if e.schema is schema), None)
     if found is None:
         raise LookupError(f"no {group} option has the schema {getattr(schema, '__name__', schema)}")
     return found

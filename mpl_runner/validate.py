@@ -13,7 +13,6 @@ import dataclasses
 import re
 from contextlib import contextmanager
 
-import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from omegaconf.nodes import BooleanNode
@@ -154,6 +153,8 @@ def validate_device(device: str) -> None:
     if device not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", device):
         raise ConfigError("device", device, "auto, cpu, cuda or cuda:N")
     if device.startswith("cuda"):
+        import torch
+
         if not torch.cuda.is_available():
             raise ConfigError("device", device, "auto or cpu: CUDA is not available on this machine")
         index = int(device.split(":")[1]) if ":" in device else 0
@@ -216,6 +217,8 @@ def validate_world(cfg, world) -> None:
             raise ConfigError(key, get(cfg, key), f"a global batch ({size}) divisible by the {world.size} ranks")
     if cfg.method.name == "mpl" and cfg.method.variant == "exact":
         raise ConfigError("method.variant", "exact", "first_order under torchrun (exact runs on one process)")
+    import torch
+
     on_cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
     if cfg.trainer.sync_batchnorm and not on_cuda:
         raise ConfigError("trainer.sync_batchnorm", True, "false on the CPU (PyTorch's SyncBatchNorm needs CUDA)")

@@ -14,7 +14,7 @@ from torch import nn
 from mpl_runner.data import Batch
 from mpl_runner.methods.mpl import MPL, frozen_batchnorm_stats, seeded
 from mpl_runner.methods.uda import UDA
-from mpl_runner.models.mlp import MLP
+from mpl_runner.models.mlp import mlp as build_mlp
 from mpl_runner.validate import validate
 
 #: plain SGD (the first-order h is eta * grad . grad for that step), no UDA: the MPL term alone
@@ -23,7 +23,7 @@ CPU = torch.device("cpu")
 
 
 def mlp(dropout: float = 0.0):
-    return lambda role: MLP(2, 3, [16, 16], "tanh", dropout=dropout).double()
+    return lambda role: build_mlp(2, 3, [16, 16], "tanh", dropout=dropout).double()
 
 
 def bn_dropout_net():
@@ -158,7 +158,7 @@ def test_a_teacher_step_on_the_mpl_term_follows_the_sign_of_h(make_cfg, agree):
     """When the pseudo labels helped the student (h > 0), the teacher's MPL step makes them more likely; when they
     hurt (h < 0), less likely. The labeled batch is the unlabeled one, labeled as the teacher labels it (agree) or
     with the other class: so the student's step on the pseudo labels lowers (raises) its labeled loss."""
-    method = make_mpl(make_cfg, "optim.lr=0.5", model=lambda role: MLP(2, 2, [16], "tanh").double())
+    method = make_mpl(make_cfg, "optim.lr=0.5", model=lambda role: build_mlp(2, 2, [16], "tanh").double())
     x = make_batch().x_us[:32]
     with torch.no_grad():
         pseudo = method.teacher(x).argmax(dim=1)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from mpl_runner.data.splits import balanced_labeled_indices
@@ -13,6 +14,16 @@ def test_labeled_points_are_balanced_and_follow_the_split_seed():
     assert np.bincount(y.numpy()[a]).tolist() == [6, 6] and len(set(a)) == 12
     assert a == balanced_labeled_indices(y.numpy(), 12, 2, seed=0)
     assert a != balanced_labeled_indices(y.numpy(), 12, 2, seed=1)
+
+
+@pytest.mark.parametrize("points, noise, seed", [(500, 0.1, 0), (3, 0.0, 7), (64, 0.3, 12345)])
+def test_the_training_points_are_scikit_learns_make_moons(points, noise, seed):
+    from sklearn.datasets import make_moons
+
+    x, y = make_moons(n_samples=2 * points, noise=noise, random_state=seed)
+    ours_x, ours_y = moons(points, noise, seed)
+    assert torch.equal(ours_x, torch.as_tensor(x, dtype=torch.float32))
+    assert torch.equal(ours_y, torch.as_tensor(y, dtype=torch.long))
 
 
 def test_fresh_draw_is_new_points_of_the_same_moons():

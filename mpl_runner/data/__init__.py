@@ -3,9 +3,12 @@ device)`` returns an :class:`SSLData`."""
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from mpl_runner.data.batch import Batch, SSLData
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["Batch", "SSLData", "build_dataset"]
 

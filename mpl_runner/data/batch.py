@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -20,6 +21,8 @@ class Batch:
         return Batch(*(None if t is None else fn(t) for t in (self.x_l, self.y_l, self.x_uw, self.x_us)))
 
     def to(self, device: torch.device, non_blocking: bool = False, channels_last: bool = False) -> "Batch":
+        import torch
+
         def move(t: torch.Tensor) -> torch.Tensor:
             t = t.to(device, non_blocking=non_blocking)
             return t.contiguous(memory_format=torch.channels_last) if channels_last and t.dim() == 4 else t

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 
 def balanced_labeled_indices(labels: np.ndarray, num_labeled: int, num_classes: int, seed: int) -> list[int]:
@@ -46,6 +50,8 @@ class EpochOrder:
         self._epoch, self._order = None, None
 
     def rows(self, b: int) -> torch.Tensor:
+        import torch
+
         epoch = b // self.per_epoch
         if epoch != self._epoch:
             self._epoch = epoch

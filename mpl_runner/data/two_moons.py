@@ -1,4 +1,4 @@
-"""Two moons (sklearn's make_moons) as tensors on the device: no DataLoader, no per-item work.
+"""Two moons (scikit-learn's make_moons) as tensors on the device: no DataLoader, no per-item work.
 
 The unlabeled set is every training point (labeled ones included, as in the paper). Views are Gaussian
 jitter: the weak view adds ``weak_jitter`` noise, the strong view ``strong_jitter``. Validation and test splits
@@ -10,18 +10,18 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
-import torch
 from omegaconf import MISSING
-from sklearn.datasets import make_moons
 
 from mpl_runner.checks import at_least, balanced_labels, count, labeled_batch, positive
 from mpl_runner.data.batch import Batch, SSLData
 from mpl_runner.data.splits import balanced_labeled_indices
-from mpl_runner.figures import decision_boundaries
 from mpl_runner.registry import register
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -40,14 +40,28 @@ class TwoMoonsConfig:
 
 
 def moons(points_per_class: int, noise: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The training points: sklearn's make_moons (evenly spaced along each arc, then jittered by ``noise``)."""
-    x, y = make_moons(n_samples=2 * points_per_class, noise=noise, random_state=seed)
+    """The training points: scikit-learn's ``make_moons(2 * points_per_class, noise=noise, random_state=seed)``
+    (evenly spaced along each arc, shuffled, then jittered by ``noise``), the very same points, written out here:
+    importing scikit-learn took longer than the default run's training."""
+    import torch
+
+    rng = np.random.RandomState(seed)
+    t = np.linspace(0, np.pi, points_per_class)
+    outer, inner = np.stack([np.cos(t), np.sin(t)], axis=1), np.stack([1 - np.cos(t), 1 - np.sin(t) - 0.5], axis=1)
+    x = np.concatenate([outer, inner])
+    y = np.repeat([0, 1], points_per_class)
+    order = np.arange(2 * points_per_class)
+    rng.shuffle(order)
+    x, y = x[order], y[order]
+    x = x + rng.normal(scale=noise, size=x.shape)
     return torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.long)
 
 
 def fresh_moons(points_per_class: int, noise: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A fresh draw of the same distribution: arc positions drawn at random, not on make_moons' even grid
     (with noise 0, make_moons returns the very same points whatever its seed)."""
+    import torch
+
     rng = np.random.default_rng(seed)
     t_outer, t_inner = rng.uniform(0, np.pi, size=(2, points_per_class))
     outer = np.stack([np.cos(t_outer), np.sin(t_outer)], axis=1)
@@ -59,12 +73,16 @@ def fresh_moons(points_per_class: int, noise: float, seed: int) -> tuple[torch.T
 
 def _rows(n: int, batch_size: int | None, device: torch.device) -> torch.Tensor | None:
     """Random row indices for one step, or None for "all rows"."""
+    import torch
+
     if batch_size is None or batch_size >= n:
         return None
     return torch.randint(n, (batch_size,), device=device)
 
 
 def _jitter(x: torch.Tensor, std: float) -> torch.Tensor:
+    import torch
+
     return x + std * torch.randn_like(x) if std > 0 else x
 
 
@@ -103,6 +121,8 @@ def build(cfg, device: torch.device) -> SSLData:
 
 
 def _figures(x, y, labeled, models) -> dict:
+    from mpl_runner.figures import decision_boundaries  # (matplotlib: only for the figures)
+
     return {"decision_boundary": decision_boundaries(x, y, labeled, models)}
 
 

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any
-
-import torch
-from torch import nn
-from torch.nn.parallel import DistributedDataParallel
+from typing import TYPE_CHECKING, Any
 
 from mpl_runner.distributed import World
 
 from mpl_runner.methods.optim import build_optimizer, build_scheduler
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,9 @@ class Method:
         """Train on every rank of ``world``: each trained model gets a DistributedDataParallel wrapper (which
         averages gradients over ranks) for the forward passes that are backpropagated; ``models`` stay the plain
         modules (state dicts, evaluation, no-grad forwards)."""
+        from torch import nn
+        from torch.nn.parallel import DistributedDataParallel
+
         self.world = world
         for name, model in self.models.items():
             if sync_batchnorm:  # swaps the BN layers in place; their parameters, which the optimizer holds, stay
@@ -65,6 +68,8 @@ class Method:
     def compile(self) -> None:
         """``torch.compile`` the forward passes that are trained (after :meth:`distribute`, as PyTorch advises for
         DDP); ``models`` stay the plain modules, so state dicts keep their keys."""
+        import torch
+
         for name in self.models:
             self.nets[name] = torch.compile(self.net(name))
 
@@ -74,6 +79,8 @@ class Method:
 
     def enable_grad_scaling(self, device: torch.device) -> None:
         """fp16 autocast: one gradient scaler per optimizer."""
+        import torch
+
         self.scalers = {name: torch.amp.GradScaler(device.type) for name in self.optimizers}
 
     def add_model(self, name: str, model: nn.Module, lr: float | None = None, steps: int | None = None,
@@ -107,6 +114,8 @@ class Method:
     def skips(self, name: str, value: torch.Tensor) -> bool:
         """With ``skip_nonfinite``: True (and one more skip counted for ``name``) if ``value`` is not finite.
         The check reads the value, a device synchronisation, so it runs only when asked for."""
+        import torch
+
         if not self.skip_nonfinite or bool(torch.isfinite(value).all()):
             return False
         self.skipped[name] += 1
@@ -121,6 +130,8 @@ class Method:
     def step_optimizer(self, name: str) -> bool:
         """Clip (if configured), step and advance the lr schedule of optimizer ``name``; its grads are set. False if
         the step was dropped (a non-finite gradient: ``skip_nonfinite``, or the fp16 grad scaler)."""
+        from torch import nn
+
         optimizer, scaler = self.optimizers[name], self.scalers.get(name)
         if self.optim_cfg.grad_clip is not None or (self.skip_nonfinite and not scaler):
             if scaler:

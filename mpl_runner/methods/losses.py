@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 def soft_cross_entropy(logits: torch.Tensor, target_probs: torch.Tensor) -> torch.Tensor:
     """Mean over the batch of ``-sum_c p_c log softmax(logits)_c``."""
+    import torch.nn.functional as F
+
     return -(target_probs * F.log_softmax(logits, dim=-1)).sum(dim=-1).mean()
 
 
@@ -20,6 +24,9 @@ def uda_consistency(
     (``softmax(logits / temperature)``), not of the plain softmax. Returns the loss (mean over the whole batch,
     masked examples counting as 0) and the fraction kept.
     """
+    import torch
+    import torch.nn.functional as F
+
     targets = torch.softmax(logits_weak.detach().float() / temperature, dim=-1)
     mask = (targets.amax(dim=-1) >= threshold).float()
     per_example = -(targets * F.log_softmax(logits_strong.float(), dim=-1)).sum(dim=-1)

@@ -31,7 +31,6 @@ from mpl_runner.methods import mpl_config
 from mpl_runner.methods.base import Method, Phase
 from mpl_runner.methods.losses import soft_cross_entropy
 from mpl_runner.methods.uda import teacher_losses
-from mpl_runner.registry import register
 
 
 @contextmanager
@@ -301,5 +300,3 @@ class MPL(Method):
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
 
-
-register("method", "mpl", mpl_config.MPLConfig, MPL, check=mpl_config.check, batch_sizes=mpl_config.batch_sizes)

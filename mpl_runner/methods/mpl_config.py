@@ -1,4 +1,5 @@
-"""The MPL method's schema and the checks of its keys (the method itself: :mod:`mpl_runner.methods.mpl`)."""
+"""The MPL method's schema and the checks of its keys, registered here so that they load without torch (the method
+itself: :mod:`mpl_runner.methods.mpl`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from mpl_runner.checks import at_least, fraction, one_of, positive
 from mpl_runner.errors import ConfigError
 from mpl_runner.methods import uda
 from mpl_runner.methods.optim import check_optimizer
+from mpl_runner.registry import register
 
 VARIANTS = ("first_order", "exact")
 FEEDBACK = ("old_minus_new", "new_minus_old", "none")
@@ -133,3 +135,12 @@ def check_exact(cfg) -> None:
 def batch_sizes(cfg) -> dict[str, int]:
     """The global batches of finetuning, which torchrun ranks split evenly."""
     return {"method.finetune.batch_size": cfg.method.finetune.batch_size} if cfg.method.finetune.steps else {}
+
+
+def build(cfg, optim_cfg, total_steps: int, make_model):
+    from mpl_runner.methods.mpl import MPL
+
+    return MPL(cfg, optim_cfg, total_steps, make_model)
+
+
+register("method", "mpl", MPLConfig, build, check=check, batch_sizes=batch_sizes)

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import math
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from mpl_runner.checks import at_least, fraction, one_of, positive
 
-# Each optimizer from its config (name, momentum, nesterov, weight_decay) and parameter groups, at an lr.
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+# Each optimizer from torch.optim, its config (name, momentum, nesterov, weight_decay) and parameter groups, at an lr.
 OPTIMIZERS = {
-    "sgd": lambda params, lr, cfg: torch.optim.SGD(
+    "sgd": lambda optim, params, lr, cfg: optim.SGD(
         params, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0, weight_decay=cfg.weight_decay
     ),
-    "adam": lambda params, lr, cfg: torch.optim.AdamW(  # momentum is Adam's beta1
+    "adam": lambda optim, params, lr, cfg: optim.AdamW(  # momentum is Adam's beta1
         params, lr=lr, betas=(cfg.momentum, 0.999), weight_decay=cfg.weight_decay
     ),
 }
@@ -23,6 +25,8 @@ SCHEDULES = ("constant", "cosine")
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Weight decay on every parameter but those of normalisation layers (as the official MPL code does)."""
+    from torch import nn
+
     norms = [m for m in model.modules() if isinstance(m, (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm))]
     exempt = {id(p) for m in norms for p in m.parameters(recurse=False)}
     decayed = [p for p in model.parameters() if id(p) not in exempt]
@@ -33,7 +37,9 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, cfg, lr: float) -> torch.optim.Optimizer:
-    return OPTIMIZERS[cfg.name](parameter_groups(model, cfg.weight_decay), lr, cfg)
+    import torch
+
+    return OPTIMIZERS[cfg.name](torch.optim, parameter_groups(model, cfg.weight_decay), lr, cfg)
 
 
 def check_optimizer(cfg, prefix: str) -> None:
@@ -57,6 +63,8 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> 
 
 
 def build_scheduler(optimizer, schedule: str, total_steps: int, warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    import torch
+
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, total_steps, warmup_steps, schedule)
     )

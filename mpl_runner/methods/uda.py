@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
-import torch.nn.functional as F
 from omegaconf import MISSING
 
 from mpl_runner.checks import at_least, fraction, positive
@@ -45,6 +43,8 @@ def teacher_losses(teacher, batch, cfg, step: int):
 
     Shared by UDA and MPL. Returns ``(logits_strong, loss_sup, loss_uda, mask_rate)``.
     """
+    import torch
+    import torch.nn.functional as F
     n_l, n_u = len(batch.y_l), len(batch.x_uw)
     logits = teacher(torch.cat([batch.x_l, batch.x_uw, batch.x_us]))
     logits_l, logits_uw, logits_us = logits.split([n_l, n_u, n_u])

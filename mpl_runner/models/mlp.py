@@ -4,38 +4,43 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from omegaconf import MISSING
-from torch import nn
 
 from mpl_runner.checks import MAX_WIDTH, fraction, one_of, positive, sizes
 from mpl_runner.registry import register
 
-ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "silu": nn.SiLU, "sigmoid": nn.Sigmoid}
+if TYPE_CHECKING:
+    from torch import nn
+
+#: ``model.activation``: the torch.nn module of each (by name: the schema and its checks load without torch)
+ACTIVATIONS = {"relu": "ReLU", "tanh": "Tanh", "gelu": "GELU", "silu": "SiLU", "sigmoid": "Sigmoid"}
 INITS = ("default", "uniform")
 
 
-class MLP(nn.Sequential):
+def mlp(in_features: int, num_classes: int, hidden_sizes, activation: str = "relu", dropout=0.0,
+        init: str = "default", init_scale: float = 0.1) -> nn.Sequential:
     """Linear layers with an activation (and optional dropout) between them; inputs are flattened first.
 
     ``init="uniform"`` draws every weight and bias from U(-init_scale, init_scale), as the MPL paper's two-moons
     toy does (Figure 2: U(-0.1, 0.1)); ``"default"`` keeps PyTorch's initialisation.
     """
+    from torch import nn
 
-    def __init__(self, in_features: int, num_classes: int, hidden_sizes, activation: str = "relu", dropout=0.0,
-                 init: str = "default", init_scale: float = 0.1):
-        layers: list[nn.Module] = [nn.Flatten()]
-        width = in_features
-        for hidden in hidden_sizes:
-            layers += [nn.Linear(width, hidden), ACTIVATIONS[activation]()]
-            if dropout > 0:
-                layers.append(nn.Dropout(dropout))
-            width = hidden
-        layers.append(nn.Linear(width, num_classes))
-        super().__init__(*layers)
-        if init == "uniform":
-            for param in self.parameters():
-                nn.init.uniform_(param, -init_scale, init_scale)
+    layers: list[nn.Module] = [nn.Flatten()]
+    width = in_features
+    for hidden in hidden_sizes:
+        layers += [nn.Linear(width, hidden), getattr(nn, ACTIVATIONS[activation])()]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        width = hidden
+    layers.append(nn.Linear(width, num_classes))
+    model = nn.Sequential(*layers)
+    if init == "uniform":
+        for param in model.parameters():
+            nn.init.uniform_(param, -init_scale, init_scale)
+    return model
 
 
 @dataclass
@@ -48,8 +53,8 @@ class MLPConfig:
     init_scale: float = MISSING
 
 
-def build(cfg, input_shape: tuple[int, ...], num_classes: int) -> MLP:
-    return MLP(math.prod(input_shape), num_classes, list(cfg.hidden_sizes), cfg.activation, cfg.dropout, cfg.init,
+def build(cfg, input_shape: tuple[int, ...], num_classes: int) -> nn.Sequential:
+    return mlp(math.prod(input_shape), num_classes, list(cfg.hidden_sizes), cfg.activation, cfg.dropout, cfg.init,
                cfg.init_scale)
 
 
