@@ -166,9 +166,10 @@ class RunRecord:
             if self.tracker is not None:
                 self.tracker.close()
 
-    def finish(self, built, metrics: dict, stop: StopSignals, leading=()) -> dict:
+    def finish(self, built, metrics: dict, stop: StopSignals, view=None) -> dict:
         """Figures, HParams, ``metrics.json`` and the model files of a completed run; returns the record. A stop
-        signal during the figures or HParams raises :class:`Interrupted` (inside :meth:`failures`: recorded)."""
+        signal during the figures or HParams raises :class:`Interrupted` (inside :meth:`failures`: recorded).
+        ``view``: how HParams shows the run (:class:`mpl_runner.run.HParamsView`)."""
         cfg, method, data, steps = self.cfg, built.method, built.data, self.cfg.trainer.steps
         split = report_split(data)
         figures = {"confusion_matrix": confusion_figure(metrics[f"{split}/confusion"], data.class_names, split)}
@@ -181,7 +182,8 @@ class RunRecord:
                 save_png(fig, self.run_dir / f"{stem}.png")
         metrics["wall_seconds"] = self.wall_seconds()
         stop.check(steps)
-        self.tracker.hparams(cfg, metrics, steps, leading=leading, extra=self.origin)
+        leading, extra, trial = (view.leading, view.extra, view.trial) if view is not None else ((), {}, "")
+        self.tracker.hparams(cfg, metrics, steps, leading=leading, extra={**extra, **self.origin}, trial=trial)
         stop.check(steps)
         record = {"status": "completed", "method": cfg.method.name, "handed_out": method.handed_out, **metrics,
                   **self.origin}

@@ -101,7 +101,7 @@ def execute(cfg: DictConfig, run_dir: Path) -> Trained:
                 metrics = train(built.method, built.data, cfg.trainer, device, record, built.amp, start=start,
                                 stop=stop)
                 stop.check(cfg.trainer.steps)
-                result = record.finish(built, metrics, stop, leading=hparams_leading(cfg))
+                result = record.finish(built, metrics, stop, hparams_view(cfg))
             record.write(built, result)
             if stop.received is not None:  # (while the record was written: the run is complete)
                 raise stop.interrupted(cfg.trainer.steps, completed=True)
@@ -202,14 +202,48 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     return execute(cfg, run_dir).record
 
 
-def hparams_leading(cfg: DictConfig) -> set[str]:
-    """The flattened config keys this command set (in a sweep: the swept ones, as the sweep dir's ``multirun.yaml``
-    or the search space says), which TensorBoard's HParams lists first; keys that only say where and how a run
-    computes (:data:`checkpoint.FREE_KEYS`) aside. A group override names the group's ``name`` key (of its package:
-    ``model@student_model=...``, ``student_model.name``)."""
+#: the choices an ``experiment=`` sets, which HParams shows first beside it
+EXPERIMENT_CHOICES = ("experiment", "method.name", "model.name", "dataset.name")
+
+
+@dataclass
+class HParamsView:
+    """How TensorBoard's HParams shows this run: the columns it lists first, the experiment chosen (a column of its
+    own), and the trial's name in a sweep (the swept values, short: the table cuts long names)."""
+
+    leading: set[str]
+    extra: dict[str, str]
+    trial: str = ""
+
+
+def hparams_view(cfg: DictConfig) -> HParamsView:
+    """:class:`HParamsView` of this command (see :func:`hparams_leading`). In an ``experiment=`` sweep the leading
+    columns are the experiment and the method, model and data set it chose; the seed never leads while any other key
+    does (HParams lists leading columns first, then the rest by name)."""
     if not HydraConfig.initialized():
-        return set()
+        return HParamsView(set(), {})
     hydra_cfg = HydraConfig.get()
+    experiment = hydra_cfg.runtime.choices.get("experiment")
+    extra = {"experiment": experiment} if experiment else {}
+    keys = _set_keys(hydra_cfg)
+    leading = hparams_leading(cfg, keys)
+    if "experiment" in keys and experiment:
+        leading |= set(EXPERIMENT_CHOICES)
+    if leading - {"seed"}:
+        leading.discard("seed")
+    trial = ""
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        flat = {**flatten(cfg), **extra}
+        shown = [k if k in flat else f"{k}.name" for k in keys]
+        values = [str(flat[k]) if k in EXPERIMENT_CHOICES else f"{k.rsplit('.', 1)[-1]}={flat[k]}"
+                  for k in shown if k in flat]
+        trial = " ".join([str(hydra_cfg.job.num), *values])
+    return HParamsView(leading, extra, trial)
+
+
+def _set_keys(hydra_cfg) -> list[str]:
+    """The keys (or groups) this command set; in a sweep, the swept ones, as the sweep dir's ``multirun.yaml`` or
+    the search space says."""
     keys = [o.split("=", 1)[0].lstrip("+~").split("@")[-1] for o in hydra_cfg.overrides.task]
     if hydra_cfg.mode == RunMode.MULTIRUN:
         swept = set((hydra_cfg.sweeper.get("params") or {}).keys())
@@ -220,6 +254,18 @@ def hparams_leading(cfg: DictConfig) -> set[str]:
         except (OSError, ValueError, OmegaConfBaseException, HydraException):
             pass
         keys = [k for k in keys if k in swept] or keys
+    return keys
+
+
+def hparams_leading(cfg: DictConfig, keys: list[str] | None = None) -> set[str]:
+    """The flattened config keys this command set (``keys``; None: as Hydra says, in a sweep the swept ones), which
+    TensorBoard's HParams lists first; keys that only say where and how a run computes
+    (:data:`checkpoint.FREE_KEYS`) aside. A group override names the group's ``name`` key (of its package:
+    ``model@student_model=...``, ``student_model.name``)."""
+    if keys is None:
+        if not HydraConfig.initialized():
+            return set()
+        keys = _set_keys(HydraConfig.get())
     flat = flatten(cfg)
     named = {k if k in flat else f"{k}.name" for k in keys}
     return {k for k in named if k in flat and k not in checkpoint.FREE_KEYS}
