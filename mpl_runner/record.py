@@ -101,6 +101,8 @@ class RunRecord:
         if self.writes:
             orphans = run_dirs.remove_orphans(run_dir)  # (we hold the lock: no write of ours is under way)
             model_file.remove(run_dir)  # (an earlier run's: the model files stand for a completed run alone)
+            if not resumed:  # (a run that starts over in a dir: an earlier run's best is not this one's)
+                self.best_path.unlink(missing_ok=True)
             if orphans:
                 log.info(f"removed {len(orphans)} temp file(s) that a killed write left in {run_dir}: "
                          f"{', '.join(orphans)}")

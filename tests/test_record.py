@@ -19,6 +19,8 @@ from mpl_runner.distributed import World
 from mpl_runner.record import RunRecord
 
 ARGS = [*TINY, "trainer.progress=true", "device=cpu"]
+SHORT = ["trainer.steps=10", "trainer.eval_interval=5", "trainer.log_interval=5", "trainer.progress=true",
+         "device=cpu"]
 
 
 def mpl_run(args, tmp_path, monkeypatch, capsys) -> tuple[int, str]:
@@ -62,26 +64,25 @@ def test_no_best_pt_without_a_validation_split(tmp_path, make_cfg):
 
 def test_a_finished_run_extended_reaches_the_new_total_and_says_so(tmp_path, monkeypatch, capsys):
     run_dir = tmp_path / "run"
-    status, err = mpl_run([*ARGS, "method=supervised", f"hydra.run.dir={run_dir}"], tmp_path, monkeypatch, capsys)
+    short = [*SHORT, "method=supervised"]
+    status, err = mpl_run([*short, f"hydra.run.dir={run_dir}"], tmp_path, monkeypatch, capsys)
     assert status == 0, err
-    status, err = mpl_run([*ARGS, "method=supervised", "trainer.steps=50", f"trainer.resume={run_dir}"], tmp_path,
-                          monkeypatch, capsys)
+    status, err = mpl_run([*short, "trainer.steps=20", f"trainer.resume={run_dir}"], tmp_path, monkeypatch, capsys)
     assert status == 0, err
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["status"] == "completed" and metrics["steps"] == 50
-    assert checkpoint.load(run_dir / checkpoint.RELATIVE_PATH, torch.device("cpu"))["step"] == 50
+    assert metrics["status"] == "completed" and metrics["steps"] == 20
+    assert checkpoint.load(run_dir / checkpoint.RELATIVE_PATH, torch.device("cpu"))["step"] == 20
     log = (run_dir / "run.log").read_text()
-    assert re.search(rf"trainer.steps 30 -> 50: {re.escape(str(run_dir))} goes on from step 30; the schedules .* "
-                     r"recomputed for 50 steps", log)
+    assert re.search(rf"trainer.steps 10 -> 20: {re.escape(str(run_dir))} goes on from step 10; the schedules .* "
+                     r"recomputed for 20 steps", log)
     events = EventAccumulator(str(run_dir))
     events.Reload()
-    assert [e.step for e in events.Scalars("eval/acc")] == [10, 20, 30, 40, 50]  # every evaluation once
+    assert [e.step for e in events.Scalars("eval/acc")] == [5, 10, 15, 20]  # every evaluation once
 
-    status, err = mpl_run([*ARGS, "method=supervised", "trainer.steps=40", f"trainer.resume={run_dir}"], tmp_path,
-                          monkeypatch, capsys)
+    status, err = mpl_run([*short, "trainer.steps=15", f"trainer.resume={run_dir}"], tmp_path, monkeypatch, capsys)
     assert status == 2
     line = err.strip().splitlines()[-1]
-    assert "is at step 50: trainer.steps=40 is fewer steps than the run has taken" in line
+    assert "is at step 20: trainer.steps=15 is fewer steps than the run has taken" in line
 
 
 def test_the_schedules_of_an_extended_run_are_the_new_totals(make_cfg):
@@ -131,8 +132,8 @@ def test_every_method_logs_eval_acc_and_val_acc_and_the_console_shows_val_beside
 def test_an_experiment_sweep_shows_the_choices_first_the_seed_after_and_short_trial_names(tmp_path, monkeypatch,
                                                                                           capsys):
     sweep = tmp_path / "sweep"
-    status, err = mpl_run(["-m", "experiment=two_moons_supervised,two_moons_mpl", "seed=range(0,1)", *ARGS,
-                           "trainer.steps=10", f"hydra.sweep.dir={sweep}"], tmp_path, monkeypatch, capsys)
+    status, err = mpl_run(["-m", "experiment=two_moons_supervised,two_moons_mpl", "seed=range(0,1)", *SHORT,
+                           f"hydra.sweep.dir={sweep}"], tmp_path, monkeypatch, capsys)
     assert status == 0, err
     for job, experiment in zip(job_dirs(sweep), ("two_moons_supervised", "two_moons_mpl")):
         events = EventAccumulator(str(job), size_guidance={"tensors": 0})
