@@ -234,9 +234,9 @@ def train(
             log_.after_step(done, stats)
     train_seconds = log_.train_seconds()
     confusions: dict[str, torch.Tensor] = {}
-    images = ", ".join(f"{s} {data.info[f'{s}_images']:,}" if f"{s}_images" in data.info else s
+    splits = ", ".join(f"{s} ({data.info[f'{s}_images']:,} images)" if f"{s}_images" in data.info else s
                        for s in data.eval_splits)
-    log.info(f"final evaluation: {', '.join(method.eval_models())} on {images} images")
+    log.info(f"final evaluation: {', '.join(method.eval_models())} on {splits}")
     with autocast(device, amp):
         # (SIGTERM here stops within a batch: the checkpoint of the last step is written)
         metrics = evaluate(method, data, device, splits=tuple(data.eval_splits), confusions=confusions,
