@@ -27,6 +27,10 @@ if TYPE_CHECKING:
 
 FORMAT = "mpl-runner checkpoint 1"
 RELATIVE_PATH = Path("checkpoints") / "last.pt"
+#: the checkpoint of the evaluation with the best val/acc so far (runs with a validation split)
+BEST_PATH = Path("checkpoints") / "best.pt"
+#: may grow on resume (a finished run extended): the schedules over the run are recomputed for the new total
+EXTENDABLE = "trainer.steps"
 
 #: keys that may differ between the run that wrote a checkpoint and the one resuming it: where things are, how
 #: the run is watched, and speed switches that compute the same thing (the data streams do not depend on workers).
@@ -148,10 +152,13 @@ def check_config(state: dict[str, Any], cfg: DictConfig, path: Path, defaults: D
     checkpoint does not know (added since) passes while it holds its default in ``defaults`` (what
     :func:`option_defaults` gives)."""
     theirs, ours = state["config"], identity(cfg)
+    if ours[EXTENDABLE] < state["step"]:
+        raise CheckpointError(f"{path} is at step {state['step']}: {EXTENDABLE}={ours[EXTENDABLE]} is fewer steps "
+                              f"than the run has taken (a run goes on to {state['step']} or more)")
     default = identity(defaults) if defaults is not None else {}
     differ = sorted(
         k for k in theirs.keys() | ours.keys()
-        if theirs.get(k, "(absent)") != ours.get(k, "(absent)")
+        if k != EXTENDABLE and theirs.get(k, "(absent)") != ours.get(k, "(absent)")
         and not (k not in theirs and k in default and ours[k] == default[k])
     )
     if differ:
@@ -168,3 +175,12 @@ def restore(state: dict[str, Any], method, path: Path) -> None:
     except (KeyError, RuntimeError, ValueError) as err:
         raise CheckpointError(f"{path} does not fit this run's models: {one_line(err)[:200]}") from err
     set_rng_state(state["rng"])
+
+
+def recompute_schedules(method) -> None:
+    """After loading a checkpoint written for another ``trainer.steps``: each optimizer's learning rate as the
+    method's own schedules (built for the new total) give it at the checkpoint's step. The loaded optimizers hold
+    the old schedule's rate, which would otherwise drive the first step after the resume."""
+    for scheduler in method.schedulers.values():
+        for group, base, factor in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+            group["lr"] = base * factor(scheduler.last_epoch)

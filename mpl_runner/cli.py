@@ -125,7 +125,7 @@ def run_job(cfg: DictConfig) -> float:
             # A multirun goes on with the other jobs; this one is marked failed with its error (by rank 0), unless
             # another mpl-run holds its dir.
             if world.is_main and not (run_dir / "metrics.json").exists() and not isinstance(err, run_dirs.RunDirInUse):
-                from mpl_runner.run import failure_record
+                from mpl_runner.record import failure_record
 
                 atomic_write_json(run_dir / "metrics.json", failure_record(err))
             if isinstance(err, UserError):

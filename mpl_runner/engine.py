@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,7 +19,6 @@ from mpl_runner import progress
 from mpl_runner.data import SSLData
 from mpl_runner.distributed import World
 from mpl_runner.errors import UserError
-from mpl_runner.logging import Tracker
 from mpl_runner.methods import Method
 from mpl_runner.methods.base import Phase
 from mpl_runner.models import eval_mode
@@ -73,19 +73,35 @@ class NonFiniteWatch:
             raise NonFiniteLoss(step, first, {k: v for k, v in stats.items() if not math.isfinite(v)})
 
 
-@torch.no_grad()
 def confusion_matrix(model: torch.nn.Module, batches, device: torch.device, num_classes: int,
                      check: Callable[[], None] | None = None) -> torch.Tensor:
-    """Counts [true class, predicted class] in eval mode (the model's mode is restored afterwards). ``check``
-    runs before every batch (the final evaluation: it raises Interrupted once SIGTERM came)."""
-    counts = torch.zeros(num_classes * num_classes, dtype=torch.long, device=device)
-    with eval_mode(model):
+    """Counts [true class, predicted class] of one model in eval mode (see :func:`confusion_matrices`)."""
+    return confusion_matrices({"model": model}, batches, device, num_classes, check)["model"]
+
+
+def confusion_matrices(models: dict[str, torch.nn.Module], batches, device: torch.device, num_classes: int,
+                       check: Callable[[], None] | None = None, channels_last: bool = False,
+                       progress: Callable[[int], None] | None = None) -> dict[str, torch.Tensor]:
+    """Counts [true class, predicted class] per model in eval mode (their modes are restored afterwards), in one
+    pass over ``batches``: each batch is read (and moved, and laid out ``channels_last``) once for all models.
+    ``check`` runs before every batch (the final evaluation: it raises Interrupted once SIGTERM came);
+    ``progress(n)`` after it with the batch's size."""
+    counts = {name: torch.zeros(num_classes * num_classes, dtype=torch.long, device=device) for name in models}
+    with contextlib.ExitStack() as modes, torch.inference_mode():
+        for model in models.values():
+            modes.enter_context(eval_mode(model))
         for x, y in batches:
             if check is not None:
                 check()
-            pred = model(x.to(device, non_blocking=True)).argmax(dim=1)
-            counts += torch.bincount(y.to(device) * num_classes + pred, minlength=num_classes * num_classes)
-    return counts.reshape(num_classes, num_classes).cpu()
+            x = x.to(device, non_blocking=True)
+            if channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            y = y.to(device) * num_classes
+            for name, model in models.items():
+                counts[name] += torch.bincount(y + model(x).argmax(dim=1), minlength=num_classes * num_classes)
+            if progress is not None:
+                progress(len(y))
+    return {name: c.reshape(num_classes, num_classes).cpu() for name, c in counts.items()}
 
 
 def report_split(data: SSLData) -> str:
@@ -94,30 +110,72 @@ def report_split(data: SSLData) -> str:
     return "test" if "test" in data.eval_splits else "val"
 
 
+def evaluated_splits(data: SSLData) -> tuple[str, ...]:
+    """What an evaluation during training reads: validation (to choose on) and the reported split."""
+    return tuple(s for s in ("val", report_split(data)) if s in data.eval_splits)
+
+
 def evaluate(
     method: Method, data: SSLData, device: torch.device, splits=None, confusions: dict | None = None,
-    check: Callable[[], None] | None = None,
+    check: Callable[[], None] | None = None, channels_last: bool = False, progress: bool = False,
 ) -> dict[str, float]:
     """``{"<split>/<model>/acc": ...}`` for every model the method exposes, and ``<split>/acc`` for the one
-    it hands out (``splits`` None: the reported one). ``confusions``, when given, receives each
-    ``"<split>/<model>"`` confusion matrix; ``check``: see :func:`confusion_matrix`."""
+    it hands out (``splits`` None: :func:`evaluated_splits`), one pass per split. ``confusions``, when given,
+    receives each ``"<split>/<model>"`` confusion matrix; ``check``: see :func:`confusion_matrices`; ``progress``:
+    a progress bar on a terminal."""
     out = {}
-    splits = splits or (report_split(data),)
-    for split in splits:
-        for name, model in method.eval_models().items():
-            matrix = confusion_matrix(model, data.eval_splits[split], device, data.num_classes, check)
-            out[f"{split}/{name}/acc"] = float(matrix.diag().sum()) / float(matrix.sum())
-            if confusions is not None:
-                confusions[f"{split}/{name}"] = matrix
-        out[f"{split}/acc"] = out[f"{split}/{method.handed_out}/acc"]
+    splits = splits or evaluated_splits(data)
+    models = method.eval_models()
+    with eval_progress(data, splits, progress) as advance:
+        for split in splits:
+            matrices = confusion_matrices(models, data.eval_splits[split], device, data.num_classes, check,
+                                          channels_last, advance)
+            for name, matrix in matrices.items():
+                out[f"{split}/{name}/acc"] = float(matrix.diag().sum()) / float(matrix.sum())
+                if confusions is not None:
+                    confusions[f"{split}/{name}"] = matrix
+            out[f"{split}/acc"] = out[f"{split}/{method.handed_out}/acc"]
     return out
+
+
+@contextlib.contextmanager
+def eval_progress(data: SSLData, splits, show: bool):
+    """A tqdm bar over the images of ``splits`` on a terminal (``show``); else nothing. Yields ``advance(n)``."""
+    if not (show and sys.stderr.isatty()):
+        yield None
+        return
+    from tqdm import tqdm
+
+    total = sum(data.info.get(f"{s}_images", 0) for s in splits) or None
+    with tqdm(total=total, desc="evaluation", unit="img", leave=False, dynamic_ncols=True) as bar:
+        yield bar.update
+
+
+def _accuracies(accs: dict[str, float]) -> str:
+    """``val acc: teacher 80.1% student 82.3%  | test acc: ...`` from ``<split>/<model>/acc`` keys."""
+    by_split: dict[str, list[str]] = {}
+    for key, value in accs.items():
+        parts = key.split("/")
+        if len(parts) == 3:
+            by_split.setdefault(parts[0], []).append(f"{parts[1]} {100 * value:.1f}%")
+    return "  | ".join(f"{split} acc: {'  '.join(models)}" for split, models in by_split.items())
 
 
 def _progress_line(step: int, total: int, stats: dict[str, float], accs: dict[str, float], rate: float) -> str:
     losses = "  ".join(f"{k} {v:.3f}" for k, v in stats.items() if k.endswith("/loss"))
-    acc = "  ".join(f"{k.split('/')[1]} {100 * v:.1f}%" for k, v in accs.items() if k.count("/") == 2)
-    split = next(iter(accs), "test/").split("/")[0]
-    return f"step {step}/{total}  {losses}" + (f"  | {split} acc: {acc}" if acc else "") + f"  | {rate:.3g} steps/s"
+    acc = _accuracies(accs)
+    return f"step {step}/{total}  {losses}" + (f"  | {acc}" if acc else "") + f"  | {rate:.3g} steps/s"
+
+
+def eval_tags(accs: dict[str, float], reported: str) -> dict[str, float]:
+    """TensorBoard tags of an evaluation: the reported split as ``eval/<model>/acc`` and ``eval/acc`` (the handed-out
+    model, the same tag for every method), any other split (validation) as ``<split>/<model>/acc`` and
+    ``<split>/acc``."""
+    out = {}
+    for key, value in accs.items():
+        split, rest = key.split("/", 1)
+        out[f"eval/{rest}" if split == reported else key] = value
+    return out
 
 
 @dataclass
@@ -128,31 +186,30 @@ class Start:
     train_seconds: float = 0.0  # spent training before this start
     wall_seconds: float = 0.0  # the earlier attempts' wall time, up to their last checkpoint
     stats: dict[str, float] = field(default_factory=dict)  # the losses of step ``step``
-
-
-#: ``save(step, loop_state)`` writes a checkpoint taken after ``step`` steps.
-Save = Callable[[int, dict[str, Any]], None]
+    best_val: float | None = None  # the best val/acc of an evaluation so far (checkpoints/best.pt)
 
 
 def train(
-    method: Method, data: SSLData, trainer_cfg, device: torch.device, tracker: Tracker, amp: str = "none",
-    save: Save | None = None, start: Start | None = None, stop: StopSignals | None = None, trial=None,
+    method: Method, data: SSLData, trainer_cfg, device: torch.device, record, amp: str = "none",
+    start: Start | None = None, stop: StopSignals | None = None, trial=None,
 ) -> dict[str, float]:
     """Run steps ``start.step + 1 .. trainer_cfg.steps`` with autocast ``amp`` (resolved: none | bf16 | fp16);
     returns the final metrics (every split, every model).
 
-    A checkpoint is taken every ``checkpoint_interval`` steps, at the end, and when SIGTERM or Ctrl-C arrives
-    (which then raises :class:`Interrupted`; under DDP at the next log step). It is taken right after the step
-    and before that step's logging and evaluation, so a resumed run redoes those, and TensorBoard, told to drop
-    what an earlier attempt logged from that step on, ends up with every step once. ``stop``: the caller's
-    :class:`StopSignals`, active around the work after the loop too (None: the loop's own). ``trial``: a search
-    trial's :class:`mpl_runner.trial.TrialReporter` (None outside a search with a pruner).
+    ``record`` (a :class:`mpl_runner.record.RunRecord`) takes what the loop produces: ``scalars(step, values,
+    prefix)``, ``save(step, loop_state)`` (a checkpoint taken after ``step``) and ``evaluated(step, accs,
+    loop_state)`` after each evaluation. A checkpoint is taken every ``checkpoint_interval`` steps, at the end, and
+    when SIGTERM or Ctrl-C arrives (which then raises :class:`Interrupted`; under DDP at the next log step). It is
+    taken right after the step and before that step's logging and evaluation, so a resumed run redoes those, and
+    TensorBoard, told to drop what an earlier attempt logged from that step on, ends up with every step once.
+    ``stop``: the caller's :class:`StopSignals`, active around the work after the loop too (None: the loop's own).
+    ``trial``: a search trial's :class:`mpl_runner.trial.TrialReporter` (None outside a search with a pruner).
     """
     start = start or Start()
     trainer_cfg = _plain(trainer_cfg)
     world = method.world
     steps, interval = trainer_cfg.steps, trainer_cfg.checkpoint_interval
-    log_ = _StepLog(method, data, trainer_cfg, device, tracker, amp, start)
+    log_ = _StepLog(method, data, trainer_cfg, device, record, amp, start)
     log_.trial = trial  # (search: see _StepLog.after_step)
     watch = NonFiniteWatch(device)
     stats = dict(start.stats)
@@ -171,24 +228,28 @@ def train(
             log_.count(batch)
             # Under DDP the ranks agree (a collective and a device sync) at log steps only, and all stop there.
             stopping = (not world.distributed or log_.due(done)) and world.any(stop.received is not None, device)
-            checkpoint_due = save is not None and (done == steps or stopping or (interval and done % interval == 0))
+            checkpoint_due = done == steps or stopping or (interval and done % interval == 0)
             if checkpoint_due or log_.due(done):
                 # Reading the losses synchronises with the device, so it happens only when they are needed.
                 stats = _mean_over_ranks(raw, world)
                 watch.check(done, stats, world)  # never a checkpoint of a diverged run
             if checkpoint_due:
-                save(done, {"train_seconds": log_.train_seconds(), "stats": stats})
+                record.save(done, log_.loop_state(stats))
             if stopping:
                 raise stop.interrupted(done)
             log_.after_step(done, stats)
     train_seconds = log_.train_seconds()
     confusions: dict[str, torch.Tensor] = {}
+    splits = ", ".join(f"{s} ({data.info[f'{s}_images']:,} images)" if f"{s}_images" in data.info else s
+                       for s in data.eval_splits)
+    log.info(f"final evaluation: {', '.join(method.eval_models())} on {splits}")
     with autocast(device, amp):
         # (SIGTERM here stops within a batch: the checkpoint of the last step is written)
         metrics = evaluate(method, data, device, splits=tuple(data.eval_splits), confusions=confusions,
-                           check=lambda: stop.check(steps))
+                           check=lambda: stop.check(steps), channels_last=trainer_cfg.channels_last,
+                           progress=trainer_cfg.progress)
+    log_.evaluation(steps, stats, {k: v for k, v in metrics.items() if k.split("/")[0] in evaluated_splits(data)})
     split = report_split(data)
-    log_.evaluation(steps, stats, {k: v for k, v in metrics.items() if k.startswith(f"{split}/")})
     handed_out = confusions[f"{split}/{method.handed_out}"]
     per_class = handed_out.diag() / handed_out.sum(dim=1).clamp(min=1)
     metrics.update({f"{split}/class_acc/{c}": float(a) for c, a in enumerate(per_class)})
@@ -226,9 +287,9 @@ class _StepLog:
     """What happens after a step: scalars every ``log_interval``, a console line (or, on a terminal, the progress
     bar), an evaluation."""
 
-    def __init__(self, method, data, trainer_cfg, device, tracker, amp, start: Start):
-        self.method, self.data, self.cfg, self.device, self.tracker, self.amp = (
-            method, data, trainer_cfg, device, tracker, amp)
+    def __init__(self, method, data, trainer_cfg, device, record, amp, start: Start):
+        self.method, self.data, self.cfg, self.device, self.record, self.amp = (
+            method, data, trainer_cfg, device, record, amp)
         self.started, self.start_step, self.seconds_before = time.perf_counter(), start.step, start.train_seconds
         self.window_start, self.window_step, self.window_images = self.started, start.step, 0
         self.trial = None
@@ -249,6 +310,10 @@ class _StepLog:
     def train_seconds(self) -> float:
         return self.seconds_before + time.perf_counter() - self.started
 
+    def loop_state(self, stats: dict[str, float]) -> dict[str, Any]:
+        """What a checkpoint holds of the loop (:class:`Start` is made of it)."""
+        return {"train_seconds": self.train_seconds(), "stats": stats}
+
     def rate(self, step: int) -> float:
         return (step - self.start_step) / max(time.perf_counter() - self.started, 1e-9)
 
@@ -265,17 +330,17 @@ class _StepLog:
         return self.logs(step) or bool(every and step % every == 0)
 
     def after_step(self, step: int, stats: dict[str, float]) -> None:
-        cfg, tracker = self.cfg, self.tracker
+        cfg, record = self.cfg, self.record
         self._show(step, stats)
         if self.logs(step):
-            tracker.scalars(step, stats, prefix="train/")
-            tracker.scalars(step, self.method.lrs(), prefix="lr/")
+            record.scalars(step, stats, prefix="train/")
+            record.scalars(step, self.method.lrs(), prefix="lr/")
             if self.method.skip_nonfinite:
-                tracker.scalars(step, self.method.skipped, prefix="train/skipped/")
+                record.scalars(step, self.method.skipped, prefix="train/skipped/")
             now = time.perf_counter()
             if step > self.window_step:  # (none right after a resume)
                 seconds = now - self.window_start
-                tracker.scalars(step, {"perf/steps_per_s": (step - self.window_step) / seconds,
+                record.scalars(step, {"perf/steps_per_s": (step - self.window_step) / seconds,
                                        "perf/images_per_s": self.window_images / seconds})
             self.window_start, self.window_step, self.window_images = now, step, 0
         if step == cfg.steps:
@@ -285,7 +350,7 @@ class _StepLog:
             log.info(_progress_line(step, cfg.steps, stats, {}, self.rate(step)), extra=progress.LINE)
         if step % cfg.eval_interval == 0:
             with autocast(self.device, self.amp):
-                accs = evaluate(self.method, self.data, self.device)
+                accs = evaluate(self.method, self.data, self.device, channels_last=cfg.channels_last)
             self.evaluation(step, stats, accs)
             # --- search call site (issue 19): report val/acc to the trial; a pruned trial raises TrialPruned ---
             if self.trial is not None:
@@ -294,7 +359,9 @@ class _StepLog:
                         self.method, self.data, self.device, splits=("val",))["val/acc"])
 
     def evaluation(self, step: int, stats, accs: dict[str, float]) -> None:
-        self.tracker.scalars(step, {f"eval/{k.split('/', 1)[1]}": v for k, v in accs.items() if k.count("/") == 2})
+        """TensorBoard curves, checkpoints/best.pt (through the record), the progress bar and a console line."""
+        self.record.scalars(step, eval_tags(accs, report_split(self.data)))
+        self.record.evaluated(step, accs, self.loop_state(stats))
         self.accs = "  ".join(f"{k} {100 * v:.1f}%" for k, v in accs.items() if k.count("/") == 1)
         self._show(step, stats)
         if self.cfg.progress:

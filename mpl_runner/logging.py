@@ -1,7 +1,8 @@
 """TensorBoard for one run: scalars, figures and an HParams record, all in the run's own directory.
 
-Tags (DESIGN.md section 6): ``train/<model>/<loss>``, ``train/mpl/h``, ``train/uda/mask``, ``eval/<model>/acc``,
-``lr/<model>``, ``perf/steps_per_s``; the final metrics as ``zz_final/<metrics.json name>`` (HParams reads them there;
+Tags (DESIGN.md section 6): ``train/<model>/<loss>``, ``train/mpl/h``, ``train/uda/mask``, ``eval/<model>/acc``
+and ``eval/acc`` (the handed-out model, every method), ``val/<model>/acc`` and ``val/acc``, ``lr/<model>``,
+``perf/steps_per_s``; the final metrics as ``zz_final/<metrics.json name>`` (HParams reads them there;
 the prefix puts their one-point cards after the curves), shown in HParams under their ``metrics.json`` names.
 """
 
@@ -14,7 +15,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
 from tensorboard.plugins.hparams import api_pb2
-from tensorboard.plugins.hparams.metadata import EXPERIMENT_TAG, PLUGIN_DATA_VERSION, PLUGIN_NAME
+from tensorboard.plugins.hparams.metadata import (
+    EXPERIMENT_TAG, PLUGIN_DATA_VERSION, PLUGIN_NAME, SESSION_START_INFO_TAG,
+)
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
@@ -65,7 +68,8 @@ class Tracker:
             return
         self.writer.add_figure(tag, fig, step, close=False)
 
-    def hparams(self, cfg: DictConfig, metrics: dict, step: int, leading=(), extra: dict | None = None) -> None:
+    def hparams(self, cfg: DictConfig, metrics: dict, step: int, leading=(), extra: dict | None = None,
+                trial: str = "") -> None:
         """This run's HParams record, in its own directory (``SummaryWriter.add_hparams`` would make a sub-run,
         pytorch#32651): the experiment (which columns, in which order), the session (the flattened config) and the
         final scalar metrics (not per class) as scalars under :data:`FINAL_PREFIX`, where HParams reads them.
@@ -73,7 +77,8 @@ class Tracker:
         TensorBoard takes the columns from one run's experiment record. It lists the hyperparameters marked as
         differing first, then by name (``leading``: the keys this command set; in a sweep, the swept ones), and
         shows the first five of each list: the metrics go :data:`HEADLINE` first. Integers go as text: HParams
-        shows every number as a float (seed 0 as ``0.0000``). ``extra``: more columns (the run's provenance).
+        shows every number as a float (seed 0 as ``0.0000``). ``extra``: more columns (the experiment chosen, the
+        run's provenance). ``trial``: the name the table shows for this run (empty: the run dir's name).
         """
         if self.writer is None:
             return
@@ -89,6 +94,11 @@ class Tracker:
                           for k in order],
         )
         _unused, session_start, session_end = hparams(values, {})
+        if trial:
+            start_info = HParamsPluginData.FromString(
+                session_start.value[0].metadata.plugin_data.content).session_start_info
+            start_info.group_name = trial
+            session_start = _hparams_summary(SESSION_START_INFO_TAG, session_start_info=start_info)
         for summary in (_hparams_summary(EXPERIMENT_TAG, experiment=experiment), session_start, session_end):
             self.writer.file_writer.add_summary(summary)
         self.scalars(step, {k: finals[k] for k in order}, prefix=FINAL_PREFIX)

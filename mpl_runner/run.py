@@ -7,10 +7,8 @@ Reading order for a newcomer: :func:`run` here, then :func:`mpl_runner.engine.tr
 
 from __future__ import annotations
 
-import json
 import logging
 import random
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,20 +21,19 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from mpl_runner import checkpoint, model_file, run_dirs
+from mpl_runner import checkpoint, run_dirs
 from mpl_runner.config import register_configs
 from mpl_runner.data import Batch, SSLData, build_dataset
 from mpl_runner.distributed import World, world_from_env
-from mpl_runner.engine import Start, report_split, resolve_amp, train
-from mpl_runner.errors import ConfigError, DataError, UserError
-from mpl_runner.figures import confusion_figure, save_png
-from mpl_runner.files import atomic_write_json
-from mpl_runner.logging import Tracker, flatten
+from mpl_runner.engine import Start, resolve_amp, train
+from mpl_runner.errors import ConfigError, DataError
+from mpl_runner.logging import flatten
 from mpl_runner.methods import Method, build_method
-from mpl_runner.models import build_model, count_parameters, handed_out_model_config, model_key
+from mpl_runner.models import build_model, count_parameters, model_key
 from mpl_runner.provenance import provenance
-from mpl_runner.signals import Interrupted, StopSignals
-from mpl_runner.trial import TrialPruned, TrialReporter
+from mpl_runner.record import RunRecord, every_model, headline
+from mpl_runner.signals import StopSignals
+from mpl_runner.trial import TrialReporter
 from mpl_runner.validate import config_warnings, renamed, validate, validate_world
 
 log = logging.getLogger("mpl_runner")
@@ -60,18 +57,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # seeds CUDA too
 
 
-def failure_record(err: BaseException, checkpoint_step: int | None = None) -> dict:
-    """What ``metrics.json`` holds for a run that did not finish."""
-    record = {"status": "failed", "error": f"{type(err).__name__}: {err}"}
-    if isinstance(err, Interrupted):
-        record = {"status": "interrupted", "signal": err.signum.name}
-    if isinstance(err, TrialPruned):  # (search, issue 19: the pruner stopped this trial after err.step)
-        record = {"status": "pruned", "step": err.step, "val/acc": err.value}
-    if checkpoint_step is not None:
-        record["checkpoint_step"] = checkpoint_step
-    return record
-
-
 @dataclass
 class Trained:
     record: dict  # what metrics.json holds
@@ -79,55 +64,60 @@ class Trained:
     data: SSLData
 
 
-def _resume_state(cfg: DictConfig, run_dir: Path, path: Path, device: torch.device) -> dict | None:
-    """The checkpoint at ``path`` this run goes on from: asked for with trainer.resume, or found in a reused run
-    dir."""
-    if cfg.trainer.resume is not None:
-        if Path(cfg.trainer.resume).resolve() != run_dir.resolve():
-            raise ConfigError(
-                "trainer.resume", cfg.trainer.resume, f"the run dir ({run_dir}); leave hydra.run.dir unset"
-            )
-        if not path.is_file():
-            raise checkpoint.CheckpointError(f"trainer.resume={cfg.trainer.resume}: there is no {path}")
-    elif not (cfg.trainer.auto_resume and path.is_file()):
-        return None
-    state = checkpoint.load(path, device)
-    checkpoint.check_config(state, cfg, path, checkpoint.option_defaults())
-    return state
+@dataclass
+class Built:
+    """What a run trains: its data and method on its device, ready for the loop (or a script's own use)."""
 
-
-def _finished_record(run_dir: Path, state: dict, steps: int) -> dict | None:
-    """The record of a run that already completed in ``run_dir`` (a requeued job that had finished)."""
-    if state["step"] != steps:
-        return None
-    try:
-        record = json.loads((run_dir / "metrics.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return record if record.get("status") == "completed" else None
+    data: SSLData
+    method: Method
+    device: torch.device
+    amp: str  # resolved: none | bf16 | fp16
 
 
 def execute(cfg: DictConfig, run_dir: Path) -> Trained:
     """Train one configuration (or go on from the run dir's checkpoint); write ``metrics.json``, checkpoints,
-    figures and TensorBoard files into ``run_dir``. Every check that can fail runs before anything is written.
-    The run holds ``run_dir/.lock`` throughout: another mpl-run in the same dir stops before it writes anything."""
+    figures and TensorBoard files into ``run_dir`` (:class:`RunRecord`). Every check that can fail runs before
+    anything is written. The run holds ``run_dir/.lock`` throughout: another mpl-run in the same dir stops before it
+    writes anything."""
     validate(cfg)
     world = world_from_env()
     validate_world(cfg, world)
     with run_dirs.locked(run_dir, enabled=world.is_main):  # (under torchrun, rank 0's lock stands for the run)
-        return _execute(cfg, run_dir, world)
+        device = resolve_device(cfg.device, world)
+        record = RunRecord(run_dir, cfg, world, provenance(device, world.size))
+        state = _resume_state(cfg, run_dir, record.checkpoint_path, device)
+        built = build(cfg, device, world)
+        start = Start()
+        if state is not None:
+            start = restore(cfg, state, built, run_dir)
+            if (finished := record.finished(built, state)) is not None:
+                return Trained(finished, built.method, built.data)
+            _resuming(cfg, state, run_dir)
+        record.open(built, start, resumed=state is not None)
+        _describe(cfg, built, world, run_dir)
+        # SIGTERM / Ctrl-C stop the loop after a step, and the work after it (final evaluation, figures, HParams)
+        # at the next piece: either way metrics.json says "interrupted", with the checkpoint to go on from.
+        view, trial = hparams_view(cfg), TrialReporter.from_cfg(cfg)  # (trial: None outside a search with a pruner)
+        with StopSignals() as stop:
+            with record.failures(view):
+                metrics = train(built.method, built.data, cfg.trainer, device, record, built.amp, start=start,
+                                stop=stop, trial=trial)
+                stop.check(cfg.trainer.steps)
+                result = record.finish(built, metrics, stop, view)
+            record.write(built, result)
+            if stop.received is not None:  # (while the record was written: the run is complete)
+                raise stop.interrupted(cfg.trainer.steps, completed=True)
+    log.info(f"{headline(metrics)} ({built.method.handed_out}); every model: {every_model(metrics)}; "
+             f"trained {metrics['train_seconds']:.1f}s; metrics in {run_dir / 'metrics.json'}")
+    return Trained(result, built.method, built.data)
 
 
-def _execute(cfg: DictConfig, run_dir: Path, world: World) -> Trained:
-    wall_start = time.perf_counter()
-    device = resolve_device(cfg.device, world)
-    origin = provenance(device, world.size)  # which code and machine: into metrics.json and HParams
+def build(cfg: DictConfig, device: torch.device, world: World = World()) -> Built:
+    """Seed, then build the data set and the method (its models on ``device``) as ``cfg`` says, with the run's
+    precision, skips, DDP and compile settings; the config warnings are logged (rank 0)."""
     if cfg.trainer.num_threads is not None:
         torch.set_num_threads(cfg.trainer.num_threads)
-    checkpoint_path = run_dir / checkpoint.RELATIVE_PATH
-    state = _resume_state(cfg, run_dir, checkpoint_path, device)
     seed_everything(cfg.seed)
-
     data = build_dataset(cfg.dataset, device)
     memory_format = torch.channels_last if cfg.trainer.channels_last else torch.preserve_format
 
@@ -153,104 +143,49 @@ def _execute(cfg: DictConfig, run_dir: Path, world: World) -> Trained:
         method.distribute(world, device, cfg.trainer.sync_batchnorm)
     if cfg.trainer.compile:
         method.compile()
-    start = Start()
-    if state is not None:
-        checkpoint.restore(state, method, checkpoint_path)
-        start = Start(state["step"], **state["loop"])
-        finished = _finished_record(run_dir, state, cfg.trainer.steps)
-        if finished is not None:
-            if world.is_main and not (run_dir / model_file.META).exists():  # (finished before its model was out)
-                model_file.write_model(run_dir, cfg, handed_out_model_config(cfg, method), method, data, finished)
-            log.info(f"{run_dir} already finished ({_headline(finished)}); nothing to do")
-            return Trained(finished, method, data)
-        log.info(f"resuming {run_dir} after step {start.step} of {cfg.trainer.steps}")
+    return Built(data, method, device, amp)
 
-    write = world.is_main  # under torchrun, rank 0 alone writes the run dir
-    if write:
-        orphans = run_dirs.remove_orphans(run_dir)  # (we hold the lock: no write of ours is under way)
-        model_file.remove(run_dir)  # (an earlier run's: the model files stand for a completed run alone)
-        if orphans:
-            log.info(f"removed {len(orphans)} temp file(s) that a killed write left in {run_dir}: "
-                     f"{', '.join(orphans)}")
-        atomic_write_json(run_dir / "labeled_indices.json",
-                          {"labeled": data.labeled_indices, "validation": data.val_indices})
-    sizes = ", ".join(f"{k} {count_parameters(m):,}" for k, m in method.models.items())
+
+def restore(cfg: DictConfig, state: dict, built: Built, run_dir: Path) -> Start:
+    """Load the checkpoint ``state`` into the built run; where ``trainer.steps`` differs from the checkpoint's (a
+    finished run extended), every schedule over the run's steps follows the new total from here on."""
+    checkpoint.restore(state, built.method, run_dir / checkpoint.RELATIVE_PATH)
+    if state["config"].get("trainer.steps", cfg.trainer.steps) != cfg.trainer.steps:
+        checkpoint.recompute_schedules(built.method)
+    return Start(state["step"], **state["loop"])
+
+
+def _resuming(cfg: DictConfig, state: dict, run_dir: Path) -> None:
+    steps, before = cfg.trainer.steps, state["config"].get("trainer.steps", cfg.trainer.steps)
+    if before != steps:
+        log.info(f"trainer.steps {before} -> {steps}: {run_dir} goes on from step {state['step']}; the schedules "
+                 f"(learning rates, and whatever runs over the whole run) are recomputed for {steps} steps")
+    else:
+        log.info(f"resuming {run_dir} after step {state['step']} of {steps}")
+
+
+def _describe(cfg: DictConfig, built: Built, world: World, run_dir: Path) -> None:
+    sizes = ", ".join(f"{k} {count_parameters(m):,}" for k, m in built.method.models.items())
     ranks = f" x {world.size} ranks" if world.distributed else ""
-    log.info(f"{cfg.method.name} on {cfg.dataset.name} ({len(data.labeled_indices)} labeled), {device}{ranks}; "
-             f"precision {amp}; parameters: {sizes}; run dir {run_dir}")
-
-    # Events an earlier attempt logged after the checkpoint's step are dropped (TensorBoard's purge_step); a run
-    # that starts over in a dir with events of its own (trainer.auto_resume=false) drops them all.
-    purge = start.step if state is not None else 0 if any(run_dir.glob("events.out.tfevents.*")) else None
-    tracker = Tracker(run_dir, purge_step=purge, enabled=write)
-    last_checkpoint = start.step if state is not None else None
-
-    def save(step: int, loop: dict) -> None:
-        nonlocal last_checkpoint
-        if write:
-            run_dirs.require_usable(run_dir)  # (a checkpoint would make a deleted run dir again)
-            tracker.flush()  # what was logged before this step is on disk before the checkpoint says it is done
-            wall = start.wall_seconds + time.perf_counter() - wall_start  # (summed over attempts, as train_seconds)
-            checkpoint.save(checkpoint_path, step, cfg, method, {**loop, "wall_seconds": wall})
-        last_checkpoint = step
-
-    steps = cfg.trainer.steps
-    # SIGTERM / Ctrl-C stop the loop after a step, and the work after it (final evaluation, figures, HParams) at
-    # the next piece: either way metrics.json says "interrupted", with the checkpoint to go on from.
-    with StopSignals() as stop:
-        try:
-            metrics = train(method, data, cfg.trainer, device, tracker, amp, save=save, start=start, stop=stop,
-                            trial=TrialReporter.from_cfg(cfg))  # (search call site, issue 19: None outside one)
-            stop.check(steps)
-            split = report_split(data)
-            figures = {"confusion_matrix": confusion_figure(metrics[f"{split}/confusion"], data.class_names, split)}
-            if data.figures:
-                figures.update(data.figures(method.eval_models()))
-            for stem, fig in figures.items():
-                stop.check(steps)
-                tracker.figure(stem, fig, steps)
-                if write:
-                    save_png(fig, run_dir / f"{stem}.png")
-            metrics["wall_seconds"] = start.wall_seconds + time.perf_counter() - wall_start
-            stop.check(steps)
-            tracker.hparams(cfg, metrics, steps, leading=hparams_leading(cfg), extra=origin)
-            stop.check(steps)
-        except BaseException as err:
-            try:
-                if write:
-                    run_dirs.require_usable(run_dir)
-            except run_dirs.RunDirGone as gone:  # (no record that points at files that are gone)
-                raise gone from err
-            if isinstance(err, TrialPruned):  # (search call site, issue 19: HParams shows the trial pruned)
-                tracker.hparams(cfg, {"val/acc": err.value}, err.step, leading=hparams_leading(cfg),
-                                extra={**origin, "search/status": "pruned"})
-            if write:
-                try:
-                    kept = last_checkpoint if checkpoint_path.is_file() else None
-                    atomic_write_json(run_dir / "metrics.json", {**failure_record(err, kept), **origin})
-                except (OSError, UserError) as record_err:  # (a full disk refuses the record too: report `err`)
-                    log.warning(f"metrics.json does not record this failure: {record_err}")
-            raise
-        finally:
-            tracker.close()
-        record = {"status": "completed", "method": cfg.method.name, "handed_out": method.handed_out, **metrics,
-                  **origin}
-        if world.distributed:
-            record["world_size"] = world.size
-        if write:
-            run_dirs.require_usable(run_dir)
-            atomic_write_json(run_dir / "metrics.json", record)
-            model_file.write_model(run_dir, cfg, handed_out_model_config(cfg, method), method, data, record)
-        if stop.received is not None:  # (while the record was written: the run is complete)
-            raise stop.interrupted(steps, completed=True)
-    log.info(f"{_headline(metrics)} ({method.handed_out}); "
-             f"trained {metrics['train_seconds']:.1f}s; metrics in {run_dir / 'metrics.json'}")
-    return Trained(record, method, data)
+    log.info(f"{cfg.method.name} on {cfg.dataset.name} ({len(built.data.labeled_indices)} labeled), {built.device}"
+             f"{ranks}; precision {built.amp}; parameters: {sizes}; run dir {run_dir}")
 
 
-def _headline(metrics: dict) -> str:
-    """The handed-out model's accuracies for the console: ``val/acc 93.10%, test/acc 92.85%``."""
-    return ", ".join(f"{k} {100 * metrics[k]:.2f}%" for k in ("val/acc", "test/acc") if k in metrics)
+def _resume_state(cfg: DictConfig, run_dir: Path, path: Path, device: torch.device) -> dict | None:
+    """The checkpoint at ``path`` this run goes on from: asked for with trainer.resume, or found in a reused run
+    dir."""
+    if cfg.trainer.resume is not None:
+        if Path(cfg.trainer.resume).resolve() != run_dir.resolve():
+            raise ConfigError(
+                "trainer.resume", cfg.trainer.resume, f"the run dir ({run_dir}); leave hydra.run.dir unset"
+            )
+        if not path.is_file():
+            raise checkpoint.CheckpointError(f"trainer.resume={cfg.trainer.resume}: there is no {path}")
+    elif not (cfg.trainer.auto_resume and path.is_file()):
+        return None
+    state = checkpoint.load(path, device)
+    checkpoint.check_config(state, cfg, path, checkpoint.option_defaults())
+    return state
 
 
 def validation_batch(data, cfg: DictConfig) -> Batch:
@@ -269,14 +204,48 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     return execute(cfg, run_dir).record
 
 
-def hparams_leading(cfg: DictConfig) -> set[str]:
-    """The flattened config keys this command set (in a sweep: the swept ones, as the sweep dir's ``multirun.yaml``
-    or the search space says), which TensorBoard's HParams lists first; keys that only say where and how a run
-    computes (:data:`checkpoint.FREE_KEYS`) aside. A group override names the group's ``name`` key (of its package:
-    ``model@student_model=...``, ``student_model.name``)."""
+#: the choices an ``experiment=`` sets, which HParams shows first beside it
+EXPERIMENT_CHOICES = ("experiment", "method.name", "model.name", "dataset.name")
+
+
+@dataclass
+class HParamsView:
+    """How TensorBoard's HParams shows this run: the columns it lists first, the experiment chosen (a column of its
+    own), and the trial's name in a sweep (the swept values, short: the table cuts long names)."""
+
+    leading: set[str]
+    extra: dict[str, str]
+    trial: str = ""
+
+
+def hparams_view(cfg: DictConfig) -> HParamsView:
+    """:class:`HParamsView` of this command (see :func:`hparams_leading`). In an ``experiment=`` sweep the leading
+    columns are the experiment and the method, model and data set it chose; the seed never leads while any other key
+    does (HParams lists leading columns first, then the rest by name)."""
     if not HydraConfig.initialized():
-        return set()
+        return HParamsView(set(), {})
     hydra_cfg = HydraConfig.get()
+    experiment = hydra_cfg.runtime.choices.get("experiment")
+    extra = {"experiment": experiment} if experiment else {}
+    keys = _set_keys(hydra_cfg)
+    leading = hparams_leading(cfg, keys)
+    if "experiment" in keys and experiment:
+        leading |= set(EXPERIMENT_CHOICES)
+    if leading - {"seed"}:
+        leading.discard("seed")
+    trial = ""
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        flat = {**flatten(cfg), **extra}
+        shown = [k if k in flat else f"{k}.name" for k in keys]
+        values = [str(flat[k]) if k in EXPERIMENT_CHOICES else f"{k.rsplit('.', 1)[-1]}={flat[k]}"
+                  for k in shown if k in flat]
+        trial = " ".join([str(hydra_cfg.job.num), *values])
+    return HParamsView(leading, extra, trial)
+
+
+def _set_keys(hydra_cfg) -> list[str]:
+    """The keys (or groups) this command set; in a sweep, the swept ones, as the sweep dir's ``multirun.yaml`` or
+    the search space says."""
     keys = [o.split("=", 1)[0].lstrip("+~").split("@")[-1] for o in hydra_cfg.overrides.task]
     if hydra_cfg.mode == RunMode.MULTIRUN:
         swept = set((hydra_cfg.sweeper.get("params") or {}).keys())
@@ -287,6 +256,18 @@ def hparams_leading(cfg: DictConfig) -> set[str]:
         except (OSError, ValueError, OmegaConfBaseException, HydraException):
             pass
         keys = [k for k in keys if k in swept] or keys
+    return keys
+
+
+def hparams_leading(cfg: DictConfig, keys: list[str] | None = None) -> set[str]:
+    """The flattened config keys this command set (``keys``; None: as Hydra says, in a sweep the swept ones), which
+    TensorBoard's HParams lists first; keys that only say where and how a run computes
+    (:data:`checkpoint.FREE_KEYS`) aside. A group override names the group's ``name`` key (of its package:
+    ``model@student_model=...``, ``student_model.name``)."""
+    if keys is None:
+        if not HydraConfig.initialized():
+            return set()
+        keys = _set_keys(HydraConfig.get())
     flat = flatten(cfg)
     named = {k if k in flat else f"{k}.name" for k in keys}
     return {k for k in named if k in flat and k not in checkpoint.FREE_KEYS}

@@ -23,7 +23,7 @@ from PIL import Image
 
 from conftest import REPO, cli_in_process as run_cli, finished_in_process
 from mpl_runner import engine, export, model_file, predict
-from mpl_runner import run as run_module
+from mpl_runner import record as record_module, run as run_module
 from mpl_runner.data import cifar10
 from mpl_runner.data.image_sets import to_chw
 from mpl_runner.data.batched_augment import normalize
@@ -158,7 +158,7 @@ def test_a_failed_run_leaves_no_model(tmp_path, monkeypatch, capsys):
     def broken(*args, **kwargs):
         raise RuntimeError("the figure broke")
 
-    monkeypatch.setattr(run_module, "confusion_figure", broken)
+    monkeypatch.setattr(record_module, "confusion_figure", broken)
     run_dir = tmp_path / "run"
     with pytest.raises(RuntimeError, match="the figure broke"):  # (in-process mpl-run re-raises it)
         run_cli([*MOONS, f"hydra.run.dir={run_dir}"], tmp_path, monkeypatch, capsys)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import TINY
-from mpl_runner import engine, run as run_module
+from mpl_runner import engine, record as record_module, run as run_module
 from mpl_runner.logging import Tracker
 from mpl_runner.signals import ignore_stop_signals
 from test_config_warnings import run_cli
@@ -52,7 +52,7 @@ def record(run_dir):
 
 WHERE = {  # where the signal comes, after the last step
     "final evaluation": (engine, "evaluate", lambda *a, splits=("test",), **k: "val" in splits),
-    "figures": (run_module, "confusion_figure", lambda *a, **k: True),
+    "figures": (record_module, "confusion_figure", lambda *a, **k: True),
     "HParams": (Tracker, "hparams", lambda *a, **k: True),
 }
 
@@ -79,7 +79,7 @@ def test_a_signal_after_the_last_step_leaves_a_record_and_the_resume_hint(where,
 
 
 def test_a_signal_while_the_completed_record_is_written_leaves_it_completed(tmp_path, monkeypatch, capsys, fallback):
-    send_during(monkeypatch, run_module, "atomic_write_json",
+    send_during(monkeypatch, record_module, "atomic_write_json",
                 when=lambda path, value: path.name == "metrics.json" and value.get("status") == "completed")
     run_dir = tmp_path / "run"
     status, _, stderr = run_cli([*ARGS, f"hydra.run.dir={run_dir}"], tmp_path, monkeypatch, capsys)
