@@ -86,6 +86,8 @@ def seeded(device: torch.device, seed: int):
 
 
 class MPL(Method):
+    pseudo_label_model = "teacher"
+
     def __init__(self, cfg, optim_cfg, total_steps: int, make_model):
         super().__init__(optim_cfg, total_steps)
         self.cfg = cfg
@@ -302,4 +304,5 @@ class MPL(Method):
             self.ema.load_state_dict(state["ema"])
 
 
-register("method", "mpl", mpl_config.MPLConfig, MPL, check=mpl_config.check, batch_sizes=mpl_config.batch_sizes)
+register("method", "mpl", mpl_config.MPLConfig, MPL, check=mpl_config.check, batch_sizes=mpl_config.batch_sizes,
+         trains_student=True, check_distributed=mpl_config.check_distributed, lr_warnings=mpl_config.lr_warnings)
