@@ -1,4 +1,4 @@
-"""The MPL update checked against autograd and against what it is meant to do (DESIGN.md section 4: settle the
+"""The MPL update checked against autograd and against what it is meant to do (docs/design.md section 2: settle the
 traps with tests, not beliefs). Configs are composed from conf/ as a user gets them."""
 
 from __future__ import annotations

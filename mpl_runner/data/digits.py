@@ -1,7 +1,7 @@
 """scikit-learn's 8x8 handwritten digits (1797 images, 10 classes) as tensors on the device: a real-image
 benchmark that trains in seconds on a CPU. No download, no DataLoader, no per-image Python work.
 
-Splits (DESIGN.md section 8): a fixed, stratified test set of ``test_size`` images drawn with ``test_seed``
+Splits (docs/design.md section 9): a fixed, stratified test set of ``test_size`` images drawn with ``test_seed``
 (whatever the run seed); from the rest, the training pool, ``num_labeled`` labeled images and ``num_val``
 validation images, balanced per class and disjoint, drawn with ``split_seed``. The unlabeled set is the pool
 minus the validation images (labeled ones included, as in the paper). Indices are positions in the pool.
