@@ -64,7 +64,7 @@ has none; the method says which), keyed by file stem.
 
 def random_rows(n: int, batch_size: int | None, device: torch.device) -> torch.Tensor | None:
     """Random row indices (with replacement) for one step, or None for "all ``n`` rows"."""
-    import torch  # (here, not at the top: a data set's schema and checks import without torch)
+    import torch
 
     if batch_size is None or batch_size >= n:
         return None
