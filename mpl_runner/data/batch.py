@@ -72,14 +72,14 @@ def random_rows(n: int, batch_size: int | None, device: torch.device) -> torch.T
 
 
 def tensor_batches(
-    x_u: torch.Tensor, x_l: torch.Tensor, y_l: torch.Tensor, cfg, weak: Callable, strong: Callable,
-    labeled_view: Callable | None = None, start: int = 0, rank: int = 0, world: int = 1, views: str = "ssl",
+    x_u: torch.Tensor, x_l: torch.Tensor, y_l: torch.Tensor, cfg, labeled_view: Callable | None, weak: Callable,
+    strong: Callable, start: int = 0, rank: int = 0, world: int = 1, views: str = "ssl",
     labeled_batch_size: int | None = None, stream: int = 0,
 ) -> Iterator[Batch]:
     """The ``train_batches`` of a data set held whole as tensors on the device (``cfg``: its config node, with
     ``labeled_batch_size`` and ``unlabeled_batch_size``; None: every row each step). Global batches drawn from the
     global RNG (a checkpoint restores its state, so ``start`` and ``stream`` need nothing more), every rank drawing
-    the same, then cut to this rank's share. ``labeled_view`` (if any) augments the labeled inputs, ``weak`` and
+    the same, then cut to this rank's share. ``labeled_view`` (None: none) augments the labeled inputs, ``weak`` and
     ``strong`` make the two views of the unlabeled ones; ``views="labeled"`` leaves the unlabeled ones out."""
     while True:
         rows = random_rows(len(x_l), labeled_batch_size or cfg.labeled_batch_size, x_l.device)

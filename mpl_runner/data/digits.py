@@ -154,7 +154,7 @@ def build(cfg, device: torch.device) -> SSLData:
         num_classes=NUM_CLASSES,
         input_shape=(1, 8, 8),
         train_batches=partial(tensor_batches, x_u, x[labeled], y[labeled], cfg, partial(weak_view, cfg=cfg),
-                              partial(strong_view, cfg=cfg), partial(weak_view, cfg=cfg)),
+                              partial(weak_view, cfg=cfg), partial(strong_view, cfg=cfg)),
         eval_splits=eval_splits,
         labeled_indices=labeled,
         val_indices=val,

@@ -70,7 +70,7 @@ def build(cfg, device: torch.device) -> SSLData:
     return SSLData(
         num_classes=2,
         input_shape=(2,),
-        train_batches=partial(tensor_batches, x, x_l, y_l, cfg, partial(_jitter, std=cfg.weak_jitter),
+        train_batches=partial(tensor_batches, x, x_l, y_l, cfg, None, partial(_jitter, std=cfg.weak_jitter),
                               partial(_jitter, std=cfg.strong_jitter)),
         eval_splits={"val": [(x_val, y_val)], "test": [(x_test, y_test)], "all": [(x, y)]},
         labeled_indices=labeled,
