@@ -6,11 +6,11 @@ A module under ``mpl_runner/data``, ``mpl_runner/models`` or ``mpl_runner/method
 
 naming the option's ``<group>.name``, its schema (types only: the YAML file under ``conf/<group>/`` holds every
 default), what builds it and the checks of its own keys (the hooks of :class:`Entry`: every rule that concerns one
-option lives in its module; :mod:`mpl_runner.validate` calls the hooks and keeps what spans groups). A composed config node is an option's by its schema
-(:func:`entry_of`); ``<group>.name`` is the option's name, except where the option says otherwise (``model=timm``:
-``model.name`` is the timm architecture). The modules of those three packages are imported when the
-registry is first read, so a new one needs no import anywhere else: a method or a data set is one module plus one
-YAML file.
+option lives in its module; :mod:`mpl_runner.validate` calls the hooks and keeps what spans groups). A composed
+config node is an option's by its schema (:func:`entry_of`); ``<group>.name`` is the option's name, except where
+the option says otherwise (``model=timm``: ``model.name`` is the timm architecture). The modules of those three
+packages are imported when the registry is first read, so a new one needs no import anywhere else: a method or a
+data set is one module plus one YAML file.
 """
 
 from __future__ import annotations
