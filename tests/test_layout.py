@@ -16,7 +16,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "mpl_runner"
 
 #: top to bottom: what each folder holds is in README, "Layout"
-LAYERS = ("cli", "search", "loop", "gates", "record", "methods", "data", "models", "core")
+LAYERS = ("cli", "loop", "search", "gates", "record", "methods", "data", "models", "core")
 #: what any module may import: the package itself (its version, its path) and the config files shipped in it
 ANYWHERE = {"mpl_runner", "mpl_runner.conf"}
 #: entry points above every layer
