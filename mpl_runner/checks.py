@@ -85,3 +85,15 @@ def labeled_batch(cfg) -> None:
     if size is not None and size > n:
         raise ConfigError("dataset.labeled_batch_size", size,
                           f"1 to {n} (dataset.num_labeled: a batch is drawn from them), or null for all of them")
+
+
+NEVER_WARM = "the lr is still warming up when its schedule ends"
+
+
+def warmup_warning(cfg, steps: int, spans: str) -> str | None:
+    """``optim.warmup_steps`` that outlast the ``steps`` of its lr schedule (``spans``: the keys that make them), as
+    a warning line; None where the warm-up ends in time."""
+    warmup = cfg.optim.warmup_steps
+    if warmup < steps:
+        return None
+    return f"optim.warmup_steps={warmup} >= the {steps} steps its lr schedule spans ({spans}): {NEVER_WARM}"

@@ -17,18 +17,12 @@ from hydra.core.config_store import ConfigNode, ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from mpl_runner import registry, resolvers, search
+from mpl_runner.methods.optim import OptimizerConfig
 
 
 @dataclass
-class OptimConfig:
-    name: str = MISSING  # a key of mpl_runner.methods.optim.OPTIMIZERS
-    lr: float = MISSING
-    momentum: float = MISSING  # Adam: beta1
-    nesterov: bool = MISSING
-    weight_decay: float = MISSING
-    schedule: str = MISSING  # constant | cosine
-    warmup_steps: int = MISSING
-    grad_clip: Optional[float] = MISSING  # max global grad norm; None: off
+class OptimConfig(OptimizerConfig):
+    grad_clip: Optional[float] = MISSING  # max global grad norm of every update; None: off
 
 
 @dataclass

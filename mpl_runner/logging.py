@@ -1,6 +1,6 @@
 """TensorBoard for one run: scalars, figures and an HParams record, all in the run's own directory.
 
-Tags (DESIGN.md section 6): ``train/<model>/<loss>``, ``train/mpl/h``, ``train/uda/mask``, ``eval/<model>/acc``
+Tags (docs/design.md section 4): ``train/<model>/<loss>``, ``train/mpl/h``, ``train/uda/mask``, ``eval/<model>/acc``
 and ``eval/acc`` (the handed-out model, every method), ``val/<model>/acc`` and ``val/acc``, ``lr/<model>``,
 ``perf/steps_per_s``; the final metrics as ``zz_final/<metrics.json name>`` (HParams reads them there;
 the prefix puts their one-point cards after the curves), shown in HParams under their ``metrics.json`` names.

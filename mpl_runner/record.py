@@ -184,7 +184,7 @@ class RunRecord:
         split = report_split(data)
         figures = {"confusion_matrix": confusion_figure(metrics[f"{split}/confusion"], data.class_names, split)}
         if data.figures:
-            figures.update(data.figures(method.eval_models()))
+            figures.update(data.figures(method.eval_models(), method.pseudo_labeler()))
         for stem, fig in figures.items():
             stop.check(steps)
             self.tracker.figure(stem, fig, steps)

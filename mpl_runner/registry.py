@@ -5,9 +5,10 @@ A module under ``mpl_runner/data``, ``mpl_runner/models`` or ``mpl_runner/method
     register("method", "pseudo_labels", PseudoLabelsConfig, PseudoLabels, check=check)
 
 naming the option's ``<group>.name``, its schema (types only: the YAML file under ``conf/<group>/`` holds every
-default), what builds it and the checks of its own keys. A composed config node is an option's by its schema
-(:func:`entry_of`); ``<group>.name`` is the option's name, except where the option says otherwise (``model=timm``:
-``model.name`` is the timm architecture). :data:`MODULES` names the module that registers each option: it is
+default), what builds it and the checks of its own keys (the hooks of :class:`Entry`: every rule that concerns one
+option lives in its module; :mod:`mpl_runner.validate` calls the hooks and keeps what spans groups). A composed
+config node is an option's by its schema (:func:`entry_of`); ``<group>.name`` is the option's name, except where
+the option says otherwise (``model=timm``: ``model.name`` is the timm architecture). :data:`MODULES` names the module that registers each option: it is
 imported when the option is first read (its schema, when Hydra composes a config that chooses it), so a command
 imports only the modules of the options it uses, and ``mpl-run --help`` or a mistyped key none that need torch. A
 method or a data set is one module, one YAML file and its line in :data:`MODULES` (tests/test_cli_imports.py
@@ -73,6 +74,13 @@ class Entry:
     unfit: Callable[[DictConfig, tuple[int, ...]], tuple[str, str] | None] = lambda cfg, input_shape: None
     # False: ``<group>.name`` is a key of the option's own (model=timm: the architecture), which its check validates
     fixed_name: bool = True
+    # methods: True where the method trains a student of its own, which ``student_model`` may choose
+    trains_student: bool = False
+    # methods: what else it refuses under torchrun (several processes), raising ConfigError
+    check_distributed: Callable[[DictConfig], None] = _no_check
+    # methods: the settings that run but hardly as meant about the method's lr schedules (one line each); None:
+    # validate.py's own, for one schedule over ``trainer.steps``
+    lr_warnings: Callable[[DictConfig], list[str]] | None = None
 
 
 _ENTRIES: dict[str, dict[str, Entry]] = {group: {} for group in PACKAGES}

@@ -211,10 +211,6 @@ class NoteRunDir(Callback):
         directory = self._note(config, "hydra.run.dir")
         if directory is not None and world_from_env().is_main:  # (under torchrun rank 0 may have made it already)
             refuse(check_run_dir, directory)
-        from mpl_runner import sweep
-
-        if sweep.DRY_RUN and directory is not None:
-            refuse(sweep.dry_run_single, config, directory)
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
         directory = self._note(config, "hydra.sweep.dir", jobs=True)
@@ -225,16 +221,23 @@ class NoteRunDir(Callback):
     def _note(config: Any, key: str, jobs: bool = False) -> str | None:
         """Note what the dir at ``key`` holds; returns the dir (None where the config cannot say)."""
         _FOUND.clear()
-        before = HydraConfig.instance().cfg
-        try:
-            HydraConfig.instance().set_config(config)  # (what run_job does next; ${hydra:...} in the dir needs it)
-            directory = str(OmegaConf.select(config, key))
+        directory = resolved_dir(config, key)
+        if directory is not None:
             _note(directory, jobs)
-            return directory
-        except Exception:  # noqa: BLE001 - a bad config: Hydra reports it when it resolves the dir itself
-            return None
-        finally:
-            HydraConfig.instance().cfg = before
+        return directory
+
+
+def resolved_dir(config: Any, key: str) -> str | None:
+    """The dir at ``key`` (``hydra.run.dir``, ``hydra.sweep.dir``) of a Hydra config before Hydra made it; None where
+    the config cannot say (a bad config: Hydra reports it when it resolves the dir itself)."""
+    before = HydraConfig.instance().cfg
+    try:
+        HydraConfig.instance().set_config(config)  # (what run_job does next; ${hydra:...} in the dir needs it)
+        return str(OmegaConf.select(config, key))
+    except Exception:  # noqa: BLE001
+        return None
+    finally:
+        HydraConfig.instance().cfg = before
 
 
 def refuse(check, *args) -> None:

@@ -24,6 +24,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from mpl_runner import run_dirs
@@ -194,6 +195,18 @@ def take_dry_run_flag(argv: list[str]) -> list[str]:
     global DRY_RUN
     DRY_RUN = DRY_RUN_FLAG in argv
     return [a for a in argv if a != DRY_RUN_FLAG]
+
+
+class DryRun(Callback):
+    """``--dry-run`` without ``-m`` (``conf/config.yaml`` registers it under ``hydra.callbacks``, after
+    :class:`mpl_runner.run_dirs.NoteRunDir`, which has checked the run dir by then)."""
+
+    def on_run_start(self, config: Any, **kwargs: Any) -> None:
+        if not DRY_RUN:
+            return
+        directory = run_dirs.resolved_dir(config, "hydra.run.dir")
+        if directory is not None:
+            run_dirs.refuse(dry_run_single, config, directory)
 
 
 def dry_run_single(config: DictConfig, directory: str) -> None:

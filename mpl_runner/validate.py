@@ -1,9 +1,10 @@
 """Checks of a composed config that types alone cannot express; run before anything is built or written.
 
-The options of ``dataset``, ``model`` and ``method`` check their own keys (:mod:`mpl_runner.registry`); this module
-runs those checks, checks ``trainer``, ``optim`` and ``device``, and what spans groups: that the chosen names are
-registered options, that the model (and MPL's student, ``student_model``) takes the data set's inputs, and that
-torchrun's ranks split every batch.
+The options of ``dataset``, ``model`` and ``method`` check their own keys through their registry hooks
+(:mod:`mpl_runner.registry`: ``check``, ``unfit``, ``check_distributed``, ``lr_warnings``...); this module calls
+those hooks, checks ``trainer``, ``optim`` and ``device``, and keeps what spans groups: that the chosen names are
+registered options, that the model (and a student, ``student_model``) takes the data set's inputs, and that
+torchrun's ranks split every batch. docs/design.md section 5 lists every gate where input is checked, and why there.
 Each failure raises :class:`ConfigError` naming the key, the value and what is allowed.
 """
 
@@ -17,11 +18,11 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from omegaconf.nodes import BooleanNode
 
-from mpl_runner.checks import SEEDS, count, get, one_of, positive
+from mpl_runner.checks import SEEDS, count, get, one_of, positive, warmup_warning
 from mpl_runner.errors import ConfigError, UserError
 from mpl_runner.methods.optim import check_optimizer
 from mpl_runner.provenance import usable_cores
-from mpl_runner.registry import entry_of
+from mpl_runner.registry import entries, entry_of
 
 GROUPS = ("dataset", "model", "method")
 #: how a user picks the option of a config key (``student_model`` is set by Hydra's group@package syntax)
@@ -169,10 +170,11 @@ def input_shape(cfg) -> tuple[int, ...]:
 
 
 def validate_student(cfg) -> None:
-    """Only MPL trains a student of its own."""
-    if cfg.student_model is not None and cfg.method.name != "mpl":
+    """``student_model`` is chosen only for a method that trains a student of its own (``trains_student``)."""
+    if cfg.student_model is not None and not entry_of("method", cfg.method).trains_student:
+        students = " or ".join(f"method={name}" for name, e in entries("method").items() if e.trains_student)
         raise ConfigError("student_model", cfg.student_model.name,
-                          f"null with method={cfg.method.name} (only method=mpl trains a student; "
+                          f"null with method={cfg.method.name} (only {students} trains a student; "
                           "drop model@student_model=...)")
 
 
@@ -208,15 +210,15 @@ def validate_overrides(cfg, overrides) -> None:
 
 
 def validate_world(cfg, world) -> None:
-    """Under torchrun: each global batch splits evenly over the ranks; exact MPL runs on one process only."""
+    """Under torchrun: each global batch splits evenly over the ranks, and the method's own refusals
+    (``check_distributed``: exact MPL runs on one process only)."""
     if not world.distributed:
         return
     sizes = {**entry_of("dataset", cfg.dataset).batch_sizes(cfg), **entry_of("method", cfg.method).batch_sizes(cfg)}
     for key, size in sizes.items():
         if size % world.size:
             raise ConfigError(key, get(cfg, key), f"a global batch ({size}) divisible by the {world.size} ranks")
-    if cfg.method.name == "mpl" and cfg.method.variant == "exact":
-        raise ConfigError("method.variant", "exact", "first_order under torchrun (exact runs on one process)")
+    entry_of("method", cfg.method).check_distributed(cfg)
     import torch
 
     on_cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
@@ -239,26 +241,11 @@ def config_warnings(cfg, device_type: str, amp: str, distributed: bool) -> list[
     if cfg.trainer.sync_batchnorm and not distributed:
         found.append("trainer.sync_batchnorm=true on one process: there is nothing to synchronise (it acts under "
                      "torchrun or in a multi-task SLURM job)")
-    method, optim = cfg.method, cfg.optim
-    mpl = method.name == "mpl"
-    steps = cfg.trainer.steps - (method.finetune.steps if mpl else 0)
-    spans = "trainer.steps - method.finetune.steps" if mpl and method.finetune.steps else "trainer.steps"
-    never = "the lr is still warming up when its schedule ends"
-    teacher_warns = optim.warmup_steps >= steps
-    if teacher_warns:
-        found.append(f"optim.warmup_steps={optim.warmup_steps} >= the {steps} steps its lr schedule spans ({spans}): "
-                     f"{never}")
-    if mpl:
-        student_steps = steps - method.student_wait_steps
-        own = method.student_warmup_steps is not None
-        warmup = method.student_warmup_steps if own else optim.warmup_steps
-        if warmup >= student_steps and (own or not teacher_warns):
-            setting = (f"method.student_warmup_steps={warmup}" if own else
-                       f"optim.warmup_steps={warmup} (the student's too: method.student_warmup_steps=null)")
-            found.append(f"{setting} >= the student's {student_steps} steps ({spans} - method.student_wait_steps): "
-                         f"{never}")
-        finetune = method.finetune
-        if finetune.steps and finetune.warmup_steps >= finetune.steps:
-            found.append(f"method.finetune.warmup_steps={finetune.warmup_steps} >= method.finetune.steps="
-                         f"{finetune.steps}: {never}")
-    return found
+    own = entry_of("method", cfg.method).lr_warnings
+    return found + (own(cfg) if own is not None else lr_warnings(cfg))
+
+
+def lr_warnings(cfg) -> list[str]:
+    """One lr schedule over ``trainer.steps`` (a method with schedules of its own says so in its ``lr_warnings``)."""
+    found = warmup_warning(cfg, cfg.trainer.steps, "trainer.steps")
+    return [found] if found else []

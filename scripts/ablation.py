@@ -5,7 +5,7 @@ Writes ``docs/ablation.{json,md,png}``: per setting the mean test accuracy of th
 BCa bootstrap interval, the validation accuracy, and for each MPL setting the paired difference from its control
 with its 95 % BCa interval and, beside it, the interval after Holm's correction across the comparisons of its
 table (scripts/ablation_stats.py). Every setting of a benchmark runs the same seeds. Nothing is selected here: the
-presets were fixed on validation accuracy before (DESIGN.md section 8); test accuracy is reported only.
+presets were fixed on validation accuracy before (docs/design.md section 9); test accuracy is reported only.
 
     python scripts/ablation.py                        # every benchmark, all seeds (about an hour on 2 cores)
     python scripts/ablation.py --benchmarks paper_toy --seeds 0-4 --jobs 2

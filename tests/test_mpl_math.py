@@ -1,4 +1,4 @@
-"""The MPL update checked against autograd and against what it is meant to do (DESIGN.md section 4: settle the
+"""The MPL update checked against autograd and against what it is meant to do (docs/design.md section 2: settle the
 traps with tests, not beliefs). Configs are composed from conf/ as a user gets them."""
 
 from __future__ import annotations
@@ -223,14 +223,20 @@ def test_moving_average_baseline_centres_the_coefficient(make_cfg):
 EXACT = ["method.variant=exact", "method.pseudo_label=soft"]
 
 
-def test_exact_lookahead_is_the_step_the_student_takes(make_cfg):
-    method, batch = make_mpl(make_cfg, *EXACT, "optim.lr=0.5"), make_batch()
+def lookahead_then_step(method, batch):
+    """The lookahead of the teacher's present labels, then the step itself from the same RNG state."""
     with torch.no_grad():
         t_logits_us = method.teacher(batch.x_us)
     state = torch.get_rng_state()
     lookahead = method.lookahead(batch, t_logits_us)
     torch.set_rng_state(state)
     method.train_step(batch, step=0)
+    return lookahead
+
+
+def test_exact_lookahead_is_the_step_the_student_takes(make_cfg):
+    method, batch = make_mpl(make_cfg, *EXACT, "optim.lr=0.5"), make_batch()
+    lookahead = lookahead_then_step(method, batch)
     for name, param in method.student.named_parameters():
         assert torch.allclose(param, lookahead.weights[name], atol=1e-6, rtol=0), name
 
@@ -461,12 +467,7 @@ def test_feedback_batch_validation_exact_meta_loss_is_the_validation_loss_after_
     method, batch, val = make_mpl(make_cfg, *EXACT, "optim.lr=0.5", "method.feedback_batch=validation"), \
         make_batch(), validation_points()
     method.validation_batch = val
-    with torch.no_grad():
-        t_logits_us = method.teacher(batch.x_us)
-    state = torch.get_rng_state()
-    look = method.lookahead(batch, t_logits_us)
-    torch.set_rng_state(state)
-    method.train_step(batch, step=0)
+    look = lookahead_then_step(method, batch)
     with torch.no_grad():
         after = F.cross_entropy(method.student(val.x_l), val.y_l)
     assert float(look.meta_loss.detach()) == pytest.approx(float(after), rel=1e-6)

@@ -47,3 +47,22 @@ def test_batches_hold_labeled_points_and_jittered_views(make_cfg):
     (x_val, _), (x_test, _), (x_all, _) = (split[0] for split in data.eval_splits.values())
     assert not torch.isclose(x_val[:20, None], x_test[None]).all(-1).any()  # two different fresh draws
     assert not torch.isclose(x_val[:20, None], x_all[None]).all(-1).any()  # neither is trained on
+
+
+def test_batches_from_a_later_step_and_of_one_rank_are_batches_of_the_same_stream(make_cfg):
+    """What a resumed run and a torchrun rank ask for (``train_batches(start, rank, world, views)``, positionally):
+    the global RNG alone decides the draws, so a batch asked from step 20 is the one step 0 gives from the same RNG
+    state, and rank 1 of 2 holds every other example of it. Mutant caught: a view function taking ``start``'s
+    place (it failed only on resume)."""
+    data = build(make_cfg("dataset.unlabeled_batch_size=100").dataset, torch.device("cpu"))
+    torch.manual_seed(3)
+    first = next(data.train_batches(0, 0, 1, "ssl"))
+    torch.manual_seed(3)
+    later = next(data.train_batches(20, 0, 1, "ssl"))
+    torch.manual_seed(3)
+    share = next(data.train_batches(20, 1, 2, "ssl"))
+    assert torch.equal(first.x_us, later.x_us) and torch.equal(first.x_l, later.x_l)
+    assert torch.equal(share.x_us, first.x_us[1::2]) and torch.equal(share.y_l, first.y_l[1::2])
+    torch.manual_seed(3)
+    labeled = next(data.train_batches(20, 0, 1, "labeled"))
+    assert labeled.x_uw is None and torch.equal(labeled.x_l, first.x_l)

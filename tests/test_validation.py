@@ -58,3 +58,26 @@ def test_a_finetuning_batch_larger_than_the_labeled_set_is_refused(make_cfg):
     validate(make_cfg("method.finetune.steps=10", "method.finetune.batch_size=12"))
     with pytest.raises(UserError, match=r"method.finetune.batch_size=13 is not allowed: 1 to 12"):
         validate(make_cfg("method.finetune.steps=10", "method.finetune.batch_size=13"))
+
+
+def test_each_method_brings_its_own_rules_through_its_registry_entry(make_cfg):
+    """MPL's rules live beside MPL (methods/mpl_config.py) and reach validate.py through its registry entry: exact
+    MPL is refused under torchrun (``check_distributed``), only a method that ``trains_student`` takes a
+    ``student_model`` (the message names it), and MPL's warm-up warnings count its finetuning steps out, where the
+    other methods keep one lr schedule over trainer.steps (``lr_warnings``)."""
+    from mpl_runner.distributed import World
+    from mpl_runner.errors import ConfigError
+    from mpl_runner.validate import config_warnings, validate_world
+
+    mpl = make_cfg("method.variant=exact", "method.pseudo_label=soft", "optim.momentum=0", "trainer.amp=none",
+                   "trainer.steps=300", "method.finetune.steps=100", "optim.warmup_steps=250")
+    validate_world(mpl, World(0, 1))  # one process: allowed
+    with pytest.raises(ConfigError, match="method.variant='exact' is not allowed: first_order under torchrun"):
+        validate_world(mpl, World(0, 2))
+    warned = config_warnings(mpl, "cpu", "none", False)
+    assert any("the 200 steps its lr schedule spans (trainer.steps - method.finetune.steps)" in w for w in warned)
+    uda = make_cfg("method=uda", "model@student_model=mlp", "trainer.steps=300", "optim.warmup_steps=300")
+    with pytest.raises(ConfigError, match=r"null with method=uda \(only method=mpl trains a student"):
+        validate(uda)
+    assert any("the 300 steps its lr schedule spans (trainer.steps)" in w for w in config_warnings(uda, "cpu", "none",
+                                                                                                    False))

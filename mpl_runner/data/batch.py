@@ -48,7 +48,8 @@ class SSLData:
     batches whatever the number of ranks; ``views="labeled"`` builds labeled batches alone (of
     ``labeled_batch_size``, or the data set's own size when None), ``"ssl"`` adds the unlabeled views; ``eval_splits`` maps a
     split name ("test", ...) to a re-iterable of ``(inputs, labels)`` batches; ``figures`` (optional) draws what
-    a person wants to see of a set of trained models, keyed by file stem.
+    a person wants to see of a set of trained models and of the model that draws pseudo labels (None where the method
+has none; the method says which), keyed by file stem.
     """
 
     num_classes: int
@@ -56,9 +57,39 @@ class SSLData:
     train_batches: Callable[..., Iterator[Batch]]
     eval_splits: dict[str, Iterable[tuple[torch.Tensor, torch.Tensor]]]
     labeled_indices: list[int]
-    figures: Callable[[dict[str, torch.nn.Module]], dict[str, Any]] | None = None
+    figures: Callable[[dict[str, torch.nn.Module], torch.nn.Module | None], dict[str, Any]] | None = None
     class_names: list[str] | None = None
     info: dict[str, Any] = field(default_factory=dict)
     val_indices: list[int] = field(default_factory=list)  # held out for validation: never labeled nor unlabeled
     # what an image file goes through to become an input (image data sets): {"image_size", "resize", "mean", "std"}
     preprocess: dict[str, Any] | None = None
+
+
+def random_rows(n: int, batch_size: int | None, device: torch.device) -> torch.Tensor | None:
+    """Random row indices (with replacement) for one step, or None for "all ``n`` rows"."""
+    import torch
+
+    if batch_size is None or batch_size >= n:
+        return None
+    return torch.randint(n, (batch_size,), device=device)
+
+
+def tensor_batches(
+    x_u: torch.Tensor, x_l: torch.Tensor, y_l: torch.Tensor, cfg, labeled_view: Callable | None, weak: Callable,
+    strong: Callable, start: int = 0, rank: int = 0, world: int = 1, views: str = "ssl",
+    labeled_batch_size: int | None = None, stream: int = 0,
+) -> Iterator[Batch]:
+    """The ``train_batches`` of a data set held whole as tensors on the device (``cfg``: its config node, with
+    ``labeled_batch_size`` and ``unlabeled_batch_size``; None: every row each step). Global batches drawn from the
+    global RNG (a checkpoint restores its state, so ``start`` and ``stream`` need nothing more), every rank drawing
+    the same, then cut to this rank's share. ``labeled_view`` (None: none) augments the labeled inputs, ``weak`` and
+    ``strong`` make the two views of the unlabeled ones; ``views="labeled"`` leaves the unlabeled ones out."""
+    while True:
+        rows = random_rows(len(x_l), labeled_batch_size or cfg.labeled_batch_size, x_l.device)
+        inputs, labels = (x_l, y_l) if rows is None else (x_l[rows], y_l[rows])
+        batch = Batch(labeled_view(inputs) if labeled_view else inputs, labels)
+        if views == "ssl":
+            rows = random_rows(len(x_u), cfg.unlabeled_batch_size, x_u.device)
+            xu = x_u if rows is None else x_u[rows]
+            batch = Batch(batch.x_l, batch.y_l, weak(xu), strong(xu))
+        yield batch.shard(rank, world)

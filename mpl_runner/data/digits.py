@@ -1,7 +1,7 @@
 """scikit-learn's 8x8 handwritten digits (1797 images, 10 classes) as tensors on the device: a real-image
 benchmark that trains in seconds on a CPU. No download, no DataLoader, no per-image Python work.
 
-Splits (DESIGN.md section 8): a fixed, stratified test set of ``test_size`` images drawn with ``test_seed``
+Splits (docs/design.md section 9): a fixed, stratified test set of ``test_size`` images drawn with ``test_seed``
 (whatever the run seed); from the rest, the training pool, ``num_labeled`` labeled images and ``num_val``
 validation images, balanced per class and disjoint, drawn with ``split_seed``. The unlabeled set is the pool
 minus the validation images (labeled ones included, as in the paper). Indices are positions in the pool.
@@ -13,7 +13,6 @@ shifts each image by up to ``weak_shift`` pixels; the strong view shifts by up t
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from typing import Optional
@@ -26,7 +25,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 from mpl_runner.checks import balanced_labels, fraction, labeled_batch, positive
-from mpl_runner.data.batch import Batch, SSLData
+from mpl_runner.data.batch import SSLData, tensor_batches
 from mpl_runner.data.splits import labeled_and_validation
 from mpl_runner.errors import ConfigError
 from mpl_runner.figures import image_grid
@@ -139,33 +138,6 @@ def strong_view(x: torch.Tensor, cfg) -> torch.Tensor:
     return contrast_brightness(cutout(translate(x, cfg.strong_shift), cfg.cutout_size), cfg.strong_jitter)
 
 
-# --- batches -------------------------------------------------------------------------------------------------
-
-
-def _rows(n: int, batch_size: int | None, device: torch.device) -> torch.Tensor | None:
-    """Random row indices for one step, or None for "all rows"."""
-    if batch_size is None or batch_size >= n:
-        return None
-    return torch.randint(n, (batch_size,), device=device)
-
-
-def _batches(
-    x_u: torch.Tensor, x_l: torch.Tensor, y_l: torch.Tensor, cfg, start: int = 0, rank: int = 0, world: int = 1,
-    views: str = "ssl", labeled_batch_size: int | None = None, stream: int = 0,
-) -> Iterator[Batch]:
-    """Global batches drawn from the global RNG (a checkpoint restores its state, so ``start`` and ``stream`` need
-    nothing more), every rank drawing the same, then cut to this rank's share. The labeled images get the weak
-    view; ``views="labeled"`` leaves the unlabeled ones out."""
-    while True:
-        rows = _rows(len(x_l), labeled_batch_size or cfg.labeled_batch_size, x_l.device)
-        batch = Batch(weak_view(x_l if rows is None else x_l[rows], cfg), y_l if rows is None else y_l[rows])
-        if views == "ssl":
-            rows = _rows(len(x_u), cfg.unlabeled_batch_size, x_u.device)
-            xu = x_u if rows is None else x_u[rows]
-            batch = Batch(batch.x_l, batch.y_l, weak_view(xu, cfg), strong_view(xu, cfg))
-        yield batch.shard(rank, world)
-
-
 # --- building ------------------------------------------------------------------------------------------------
 
 
@@ -181,7 +153,8 @@ def build(cfg, device: torch.device) -> SSLData:
     return SSLData(
         num_classes=NUM_CLASSES,
         input_shape=(1, 8, 8),
-        train_batches=partial(_batches, x_u, x[labeled], y[labeled], cfg),
+        train_batches=partial(tensor_batches, x_u, x[labeled], y[labeled], cfg, partial(weak_view, cfg=cfg),
+                              partial(weak_view, cfg=cfg), partial(strong_view, cfg=cfg)),
         eval_splits=eval_splits,
         labeled_indices=labeled,
         val_indices=val,
@@ -198,7 +171,7 @@ def build(cfg, device: torch.device) -> SSLData:
 
 
 @torch.no_grad()
-def _views_grid(images: torch.Tensor, cfg, models: dict) -> dict:
+def _views_grid(images: torch.Tensor, cfg, models: dict, labeler=None) -> dict:
     """A few unlabeled images (top row), a weak view of each (middle) and a strong view (bottom). Drawn from a
     forked RNG, so the figure leaves the run's random state as it was."""
     with torch.random.fork_rng(devices=[]):

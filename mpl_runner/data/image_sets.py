@@ -266,19 +266,19 @@ def _train_batches(source, cfg, stream_seed: int, start: int, rank: int = 0, wor
 
 
 @torch.no_grad()
-def _figures(source, class_names: list[str], mean, std, models: dict, count: int = 32) -> dict:
+def _figures(source, class_names: list[str], mean, std, models: dict, labeler=None, count: int = 32) -> dict:
     """``augmentations``: one image and 16 strong views of it; ``pseudo_labels``: strong views of the first (up to
-    ``count``) unlabeled images with the teacher's pseudo labels (when there is a teacher)."""
+    ``count``) unlabeled images with the labels ``labeler`` (the method's model that draws pseudo labels, if any)
+    gives them."""
     mean, std = torch.tensor(mean).view(-1, 1, 1), torch.tensor(std).view(-1, 1, 1)
     original, views = source.strong_views([0] * 16, seed=0)
     figures = {"augmentations": image_grid(torch.cat([original[:1], views]) * std + mean,
                                            ["image"] + ["strong view"] * 16, columns=6)}
-    teacher = models.get("teacher")
-    if teacher is None:
+    if labeler is None:
         return figures
     _, strong = source.strong_views(list(range(min(count, source.num_unlabeled))), seed=1)
-    with eval_mode(teacher):
-        probs = torch.softmax(teacher(strong.to(next(teacher.parameters()).device)).float(), dim=1).cpu()
+    with eval_mode(labeler):
+        probs = torch.softmax(labeler(strong.to(next(labeler.parameters()).device)).float(), dim=1).cpu()
     confidence, labels = probs.max(dim=1)
     titles = [f"{class_names[c]} {100 * p:.0f}%" for c, p in zip(labels.tolist(), confidence.tolist())]
     figures["pseudo_labels"] = image_grid(strong * std + mean, titles)

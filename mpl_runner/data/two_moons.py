@@ -7,7 +7,6 @@ are fresh draws of the same moons (``val_seed``, ``test_seed``), never trained o
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Optional
@@ -16,7 +15,7 @@ import numpy as np
 from omegaconf import MISSING
 
 from mpl_runner.checks import at_least, balanced_labels, count, labeled_batch, positive
-from mpl_runner.data.batch import Batch, SSLData
+from mpl_runner.data.batch import SSLData, tensor_batches
 from mpl_runner.data.splits import balanced_labeled_indices
 from mpl_runner.registry import register
 
@@ -71,35 +70,10 @@ def fresh_moons(points_per_class: int, noise: float, seed: int) -> tuple[torch.T
     return torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.long)
 
 
-def _rows(n: int, batch_size: int | None, device: torch.device) -> torch.Tensor | None:
-    """Random row indices for one step, or None for "all rows"."""
-    import torch
-
-    if batch_size is None or batch_size >= n:
-        return None
-    return torch.randint(n, (batch_size,), device=device)
-
-
 def _jitter(x: torch.Tensor, std: float) -> torch.Tensor:
     import torch
 
     return x + std * torch.randn_like(x) if std > 0 else x
-
-
-def _batches(
-    x: torch.Tensor, x_l: torch.Tensor, y_l: torch.Tensor, cfg, start: int = 0, rank: int = 0, world: int = 1,
-    views: str = "ssl", labeled_batch_size: int | None = None, stream: int = 0,
-) -> Iterator[Batch]:
-    """Global batches drawn from the global RNG (a checkpoint restores its state, so ``start`` and ``stream`` need
-    nothing more), every rank drawing the same, then cut to this rank's share."""
-    while True:
-        rows = _rows(len(x_l), labeled_batch_size or cfg.labeled_batch_size, x.device)
-        batch = Batch(*((x_l, y_l) if rows is None else (x_l[rows], y_l[rows])))
-        if views == "ssl":
-            rows = _rows(len(x), cfg.unlabeled_batch_size, x.device)
-            xu = x if rows is None else x[rows]
-            batch = Batch(batch.x_l, batch.y_l, _jitter(xu, cfg.weak_jitter), _jitter(xu, cfg.strong_jitter))
-        yield batch.shard(rank, world)
 
 
 def build(cfg, device: torch.device) -> SSLData:
@@ -112,7 +86,8 @@ def build(cfg, device: torch.device) -> SSLData:
     return SSLData(
         num_classes=2,
         input_shape=(2,),
-        train_batches=partial(_batches, x, x_l, y_l, cfg),
+        train_batches=partial(tensor_batches, x, x_l, y_l, cfg, None, partial(_jitter, std=cfg.weak_jitter),
+                              partial(_jitter, std=cfg.strong_jitter)),
         eval_splits={"val": [(x_val, y_val)], "test": [(x_test, y_test)], "all": [(x, y)]},
         labeled_indices=labeled,
         figures=partial(_figures, x.cpu(), y.cpu(), labeled),
@@ -120,7 +95,7 @@ def build(cfg, device: torch.device) -> SSLData:
     )
 
 
-def _figures(x, y, labeled, models) -> dict:
+def _figures(x, y, labeled, models, labeler=None) -> dict:
     from mpl_runner.figures import decision_boundaries  # (matplotlib: only for the figures)
 
     return {"decision_boundary": decision_boundaries(x, y, labeled, models)}

@@ -33,6 +33,8 @@ class Phase:
 class Method:
     #: the model whose accuracy is a run's headline ``test/acc`` (the one the method hands out)
     handed_out: str = ""
+    #: the model that labels unlabeled inputs (figures of pseudo labels draw with it); None: the method has none
+    pseudo_label_model: str | None = None
 
     def __init__(self, optim_cfg, total_steps: int):
         self.optim_cfg = optim_cfg
@@ -170,6 +172,10 @@ class Method:
 
     def eval_models(self) -> dict[str, nn.Module]:
         return dict(self.models)
+
+    def pseudo_labeler(self) -> nn.Module | None:
+        """The model that draws the pseudo labels (``pseudo_label_model``), for a data set's figures."""
+        return self.models[self.pseudo_label_model] if self.pseudo_label_model else None
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -1,4 +1,5 @@
-"""Meta Pseudo Labels (Pham et al., CVPR 2021): DESIGN.md section 4, step by step.
+"""Meta Pseudo Labels (Pham et al., CVPR 2021): docs/design.md section 2, step by step (steps 1-7, equations
+(1)-(8)).
 
 The teacher T labels the unlabeled batch; the student S takes one step on those pseudo labels; the change of
 the student's loss on labeled data tells the teacher whether its labels helped.
@@ -85,6 +86,8 @@ def seeded(device: torch.device, seed: int):
 
 
 class MPL(Method):
+    pseudo_label_model = "teacher"
+
     def __init__(self, cfg, optim_cfg, total_steps: int, make_model):
         super().__init__(optim_cfg, total_steps)
         self.cfg = cfg
@@ -122,7 +125,7 @@ class MPL(Method):
         self.finetuning = step >= self.mpl_steps
         if self.finetuning:
             return self._finetune_step(batch)
-        # 1-2. Teacher forward on (x_l, x_uw, x_us); supervised and UDA losses.
+        # 1-2. Teacher forward on (x_l, x_uw, x_us); supervised and UDA losses, equations (1) and (2).
         t_logits_us, loss_sup, loss_uda, mask = teacher_losses(self.net("teacher"), batch, self.cfg, step)
         stats = {"teacher/loss_sup": loss_sup.detach(), "teacher/loss_uda": loss_uda.detach(), "uda/mask": mask}
 
@@ -138,13 +141,13 @@ class MPL(Method):
         else:
             loss_mpl, student_stats = self._first_order_feedback(batch, t_logits_us)
 
-        # 7. Teacher step on supervised + UDA + MPL terms.
+        # 7. Teacher step on supervised + UDA + MPL terms, equation (7).
         loss_teacher = loss_sup + loss_uda + loss_mpl
         self.update("teacher", loss_teacher)
         return {**stats, **student_stats, "teacher/loss": loss_teacher.detach(), "teacher/loss_mpl": loss_mpl.detach()}
 
     def _first_order_feedback(self, batch, t_logits_us):
-        # 3-4. Pseudo labels on the view the student sees; the student learns them (one optimizer step).
+        # 3-4. Pseudo labels on the view the student sees; old (3); the student learns them (4).
         pseudo = self.pseudo_labels(t_logits_us.detach())
         masks = self.dropout_seed()
         old = self.student_labeled_loss(self.reward_batch(batch), masks)
@@ -153,7 +156,7 @@ class MPL(Method):
         loss_student = F.cross_entropy(s_logits_us, pseudo, label_smoothing=self.cfg.label_smoothing)
         stepped = self.update("student", loss_student)
         self._update_ema()
-        # 5-6. The updated student's labeled loss (the same dropout masks as for old); the feedback coefficient,
+        # 5-6. The updated student's labeled loss (the same dropout masks as for old); the feedback coefficient (6),
         # from losses averaged over ranks, so every rank gives its teacher the same coefficient.
         new = self.student_labeled_loss(self.reward_batch(batch), masks)
         h, coefficient = self.feedback(self.world.mean(old), self.world.mean(new), stepped)
@@ -167,7 +170,7 @@ class MPL(Method):
         masks = self.dropout_seed()
         old = self.student_labeled_loss(self.reward_batch(batch), masks)
         look = self.lookahead(batch, t_logits_us, masks)
-        # The student takes the very step the teacher just differentiated through (plain SGD: validate.py).
+        # The student takes the very step the teacher just differentiated through (plain SGD: check_exact).
         for param, grad in zip(self.student.parameters(), look.student_grads):
             param.grad = grad
         stepped = self.step_optimizer("student")
@@ -194,7 +197,7 @@ class MPL(Method):
         self._update_ema()
         return {"student/loss_finetune": loss.detach()}
 
-    # -- pieces, named as in DESIGN.md section 4 ------------------------------------------------------------
+    # -- pieces, named as in docs/design.md section 2 --------------------------------------------------------
 
     def pseudo_labels(self, logits: torch.Tensor) -> torch.Tensor:
         """Hard labels (argmax, or sampled from the teacher), or the teacher's probabilities (soft)."""
@@ -247,8 +250,9 @@ class MPL(Method):
         return self.validation_batch
 
     def lookahead(self, batch, t_logits_us, dropout_seed: int | None = None) -> Lookahead:
-        """L_l(theta_S') with theta_S' = theta_S - eta * grad L_u(theta_S, softmax(T(x_us))), differentiable in T;
-        theta_S' is the student's next weights when its optimizer is plain SGD (what validate.py allows)."""
+        """Equation (8): L_l(theta_S') with theta_S' = theta_S - eta * grad L_u(theta_S, softmax(T(x_us))),
+        differentiable in T; theta_S' is the student's next weights when its optimizer is plain SGD (what
+        mpl_config.check_exact allows)."""
         # Leaf copies of the student's weights: the meta loss reaches the teacher alone, not student .grad, and
         # the student's in-place step below does not disturb the graph the teacher backpropagates through.
         names, params = zip(*((n, p.detach().clone().requires_grad_()) for n, p in self.student.named_parameters()))

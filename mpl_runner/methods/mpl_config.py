@@ -8,10 +8,10 @@ from typing import Optional
 
 from omegaconf import MISSING
 
-from mpl_runner.checks import at_least, fraction, one_of, positive
+from mpl_runner.checks import NEVER_WARM, at_least, fraction, one_of, positive, warmup_warning
 from mpl_runner.errors import ConfigError
 from mpl_runner.methods import uda
-from mpl_runner.methods.optim import check_optimizer
+from mpl_runner.methods.optim import OptimizerConfig, check_optimizer
 from mpl_runner.registry import register
 
 VARIANTS = ("first_order", "exact")
@@ -21,18 +21,12 @@ FEEDBACK_BATCHES = ("labeled", "validation")
 
 
 @dataclass
-class FinetuneConfig:
-    """The last ``steps`` of an MPL run: the student alone on labeled batches, with an optimizer of its own."""
+class FinetuneConfig(OptimizerConfig):
+    """The last ``steps`` of an MPL run: the student alone on labeled batches, with an optimizer of its own (the
+    keys of the optim group but grad_clip, which ``optim.grad_clip`` sets for every update)."""
 
     steps: int = MISSING
     batch_size: int = MISSING  # labeled examples a step
-    name: str = MISSING  # an optimizer, with the keys of the optim group but grad_clip
-    lr: float = MISSING
-    momentum: float = MISSING
-    nesterov: bool = MISSING
-    weight_decay: float = MISSING
-    schedule: str = MISSING
-    warmup_steps: int = MISSING
     label_smoothing: float = MISSING
     dropout: bool = MISSING  # false: the student's dropout layers are off while it finetunes
     from_ema: bool = MISSING  # true: finetuning starts from the EMA student (method.ema_decay must be set)
@@ -41,7 +35,7 @@ class FinetuneConfig:
 @dataclass
 class MPLConfig:
     name: str = MISSING
-    # first_order: hard pseudo labels and h = old - new (DESIGN.md section 4);
+    # first_order: hard pseudo labels and h = old - new (docs/design.md section 2);
     # exact: soft pseudo labels, the teacher differentiates through one student SGD step.
     variant: str = MISSING
     # The teacher's MPL coefficient: old_minus_new (the sign the Taylor expansion gives), new_minus_old (the
@@ -137,10 +131,39 @@ def batch_sizes(cfg) -> dict[str, int]:
     return {"method.finetune.batch_size": cfg.method.finetune.batch_size} if cfg.method.finetune.steps else {}
 
 
+def check_distributed(cfg) -> None:
+    if cfg.method.variant == "exact":
+        raise ConfigError("method.variant", "exact", "first_order under torchrun (exact runs on one process)")
+
+
+def lr_warnings(cfg) -> list[str]:
+    """Warm-ups that outlast their schedules: the teacher's over the MPL steps (trainer.steps less finetuning), the
+    student's over those less ``student_wait_steps``, finetuning's over its own steps."""
+    method = cfg.method
+    steps = cfg.trainer.steps - method.finetune.steps
+    spans = "trainer.steps - method.finetune.steps" if method.finetune.steps else "trainer.steps"
+    teacher = warmup_warning(cfg, steps, spans)
+    found = [teacher] if teacher else []
+    student_steps = steps - method.student_wait_steps
+    own = method.student_warmup_steps is not None
+    warmup = method.student_warmup_steps if own else cfg.optim.warmup_steps
+    if warmup >= student_steps and (own or teacher is None):
+        setting = (f"method.student_warmup_steps={warmup}" if own else
+                   f"optim.warmup_steps={warmup} (the student's too: method.student_warmup_steps=null)")
+        found.append(f"{setting} >= the student's {student_steps} steps ({spans} - method.student_wait_steps): "
+                     f"{NEVER_WARM}")
+    finetune = method.finetune
+    if finetune.steps and finetune.warmup_steps >= finetune.steps:
+        found.append(f"method.finetune.warmup_steps={finetune.warmup_steps} >= method.finetune.steps="
+                     f"{finetune.steps}: {NEVER_WARM}")
+    return found
+
+
 def build(cfg, optim_cfg, total_steps: int, make_model):
     from mpl_runner.methods.mpl import MPL
 
     return MPL(cfg, optim_cfg, total_steps, make_model)
 
 
-register("method", "mpl", MPLConfig, build, check=check, batch_sizes=batch_sizes)
+register("method", "mpl", MPLConfig, build, check=check, batch_sizes=batch_sizes, trains_student=True,
+         check_distributed=check_distributed, lr_warnings=lr_warnings)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from omegaconf import MISSING
 
 from mpl_runner.checks import at_least, fraction, one_of, positive
 
@@ -21,6 +24,20 @@ OPTIMIZERS = {
     ),
 }
 SCHEDULES = ("constant", "cosine")
+
+
+@dataclass
+class OptimizerConfig:
+    """The keys an optimizer and its lr schedule are built from: the ``optim`` group's (:class:`OptimConfig` adds
+    grad_clip) and MPL's ``method.finetune`` (which adds its own steps and batches)."""
+
+    name: str = MISSING  # a key of OPTIMIZERS
+    lr: float = MISSING
+    momentum: float = MISSING  # Adam: beta1
+    nesterov: bool = MISSING
+    weight_decay: float = MISSING
+    schedule: str = MISSING  # one of SCHEDULES
+    warmup_steps: int = MISSING
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:

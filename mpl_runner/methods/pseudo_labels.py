@@ -24,6 +24,7 @@ class PseudoLabelsConfig:
 
 class PseudoLabels(Method):
     handed_out = "model"
+    pseudo_label_model = "model"
 
     def __init__(self, cfg, optim_cfg, total_steps: int, make_model):
         super().__init__(optim_cfg, total_steps)

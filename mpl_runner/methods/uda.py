@@ -59,6 +59,7 @@ def teacher_losses(teacher, batch, cfg, step: int):
 
 class UDA(Method):
     handed_out = "teacher"
+    pseudo_label_model = "teacher"
 
     def __init__(self, cfg, optim_cfg, total_steps: int, make_model):
         super().__init__(optim_cfg, total_steps)
