@@ -51,7 +51,8 @@ gpu-wheels: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -e ".[test]"
-	$(BIN)/python -m pip uninstall -y -q hydra-optuna-sweeper 2>/dev/null || true  # (superseded by mpl_runner/search.py)
+	# (hydra-optuna-sweeper is superseded by mpl_runner/search/optuna.py)
+	$(BIN)/python -m pip uninstall -y -q hydra-optuna-sweeper 2>/dev/null || true
 	touch $@
 
 clean:

@@ -1,3 +1,3 @@
-from mpl_runner.cli import cli
+from mpl_runner.cli.main import cli
 
 cli()

@@ -206,9 +206,9 @@ def run_one(job: tuple) -> dict:
     if cached(run_dir, key) == "reuse":
         record = json.loads((run_dir / "metrics.json").read_text())
     else:
-        from mpl_runner.config import compose_config
-        from mpl_runner.files import atomic_write_json
-        from mpl_runner.run import run
+        from mpl_runner.cli.config import compose_config
+        from mpl_runner.core.files import atomic_write_json
+        from mpl_runner.loop.run import run
 
         logger = logging.getLogger("mpl_runner")
         level = logger.level
@@ -439,10 +439,10 @@ def boundary_figure(results: list[dict], bench: str, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from mpl_runner.config import compose_config
+    from mpl_runner.cli.config import compose_config
     from mpl_runner.data import build_dataset
-    from mpl_runner.figures import plot_points
-    from mpl_runner.model_file import load_model
+    from mpl_runner.data.figures import plot_points
+    from mpl_runner.record.model_file import load_model
 
     settings = [s for s in BENCHMARKS[bench].settings if best_and_median(results, bench, s)]
     fig, axes = plt.subplots(len(settings), 2, figsize=(7, 3.2 * len(settings)), squeeze=False)

@@ -36,10 +36,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mpl_runner.config import compose_config
+from mpl_runner.cli.config import compose_config
 from mpl_runner.data import cifar10, image_sets
-from mpl_runner.engine import autocast
-from mpl_runner.files import atomic_write_json
+from mpl_runner.loop.engine import autocast
+from mpl_runner.core.files import atomic_write_json
 
 from bench_cifar_step import parse_setting, release, setup
 
@@ -148,7 +148,7 @@ def fed_rows(images, setting: str, device: torch.device, workers: list[int], bat
 
 
 def e2e_seconds_per_step(root: Path, pipeline: str, device: str, steps: int) -> float:
-    from mpl_runner.run import run
+    from mpl_runner.loop.run import run
 
     cfg = compose_config("experiment=cifar10_4k_mpl", f"dataset.root={root}", f"dataset.pipeline={pipeline}",
                       "dataset.labeled_batch_size=8", "dataset.unlabeled_ratio=7", f"trainer.steps={steps}",

@@ -37,12 +37,12 @@ from pathlib import Path
 
 import torch
 
-from mpl_runner import distributed
-from mpl_runner.config import compose_config
+from mpl_runner.core import distributed
+from mpl_runner.cli.config import compose_config
 from mpl_runner.data import Batch
-from mpl_runner.distributed import World, world_from_env
-from mpl_runner.engine import autocast
-from mpl_runner.files import atomic_write_json
+from mpl_runner.core.distributed import World, world_from_env
+from mpl_runner.loop.engine import autocast
+from mpl_runner.core.files import atomic_write_json
 from mpl_runner.methods import build_method
 from mpl_runner.models import build_model
 

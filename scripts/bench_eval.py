@@ -18,11 +18,11 @@ from functools import partial
 
 import torch
 
-from mpl_runner.config import compose_config
+from mpl_runner.cli.config import compose_config
 from mpl_runner.data.image_device import EvalBatches
-from mpl_runner.engine import evaluate
+from mpl_runner.loop.engine import evaluate
 from mpl_runner.models import eval_mode
-from mpl_runner.run import build
+from mpl_runner.loop.run import build
 
 
 @torch.no_grad()

@@ -37,10 +37,10 @@ from torchvision.transforms import v2
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mpl_runner.config import compose_config  # noqa: E402
+from mpl_runner.cli.config import compose_config  # noqa: E402
 from mpl_runner.data import cifar10, image_folder, image_workers  # noqa: E402
 from mpl_runner.data.batched_augment import crop_padding  # noqa: E402
-from mpl_runner.files import atomic_write_json  # noqa: E402
+from mpl_runner.core.files import atomic_write_json  # noqa: E402
 
 MEAN, STD = cifar10.MEAN, cifar10.STD
 BATCH = 128

@@ -45,7 +45,7 @@ def search(sweep_dir: Path, pruner: str, seed: int, trials: int, steps: int) -> 
     import optuna
     from optuna.trial import TrialState
 
-    from mpl_runner.search import open_storage
+    from mpl_runner.search.optuna import open_storage
 
     # (the preset's storage: the journal file in the sweep dir; steps // 6: the preset's evaluation interval and
     # student wait at 600 steps, 100)
@@ -80,7 +80,7 @@ def throughput(root: Path, workers: int, trials: int, steps: int) -> dict:
     import optuna
     from optuna.trial import TrialState
 
-    from mpl_runner.search import open_storage
+    from mpl_runner.search.optuna import open_storage
 
     root.mkdir(parents=True)
     storage = f"journal:{root / 'study.log'}"

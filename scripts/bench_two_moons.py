@@ -26,8 +26,8 @@ from pathlib import Path
 
 import torch
 
-from mpl_runner.config import compose_config
-from mpl_runner.run import run
+from mpl_runner.cli.config import compose_config
+from mpl_runner.loop.run import run
 
 IN_PROCESS = {
     "default (batch 256, 500 steps)": [],

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mpl_runner.config import compose_config
+from mpl_runner.cli.config import compose_config
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["trainer.steps=30", "trainer.eval_interval=10", "trainer.log_interval=10"]
@@ -64,7 +64,7 @@ def job_dirs(sweep: Path) -> list[Path]:
 def cli_in_process(args: list[str], cwd: Path, monkeypatch, capsys) -> tuple[int, str, str]:
     """``mpl-run *args`` in ``cwd``, in this process (0.3 s instead of 5 s for a fresh interpreter):
     (exit status, stdout, stderr)."""
-    from mpl_runner.cli import cli
+    from mpl_runner.cli.main import cli
 
     monkeypatch.chdir(cwd)
     monkeypatch.setattr(sys, "argv", ["mpl-run", *args])
@@ -81,7 +81,7 @@ def cli_in_process(args: list[str], cwd: Path, monkeypatch, capsys) -> tuple[int
 
 def finished_in_process(cwd: Path, *args: str) -> Path:
     """``mpl-run *args`` run to the end in this process, into ``cwd/run``, which it returns."""
-    from mpl_runner.cli import cli
+    from mpl_runner.cli.main import cli
 
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(cwd)

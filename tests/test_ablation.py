@@ -15,8 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import ablation  # noqa: E402
 import ablation_stats  # noqa: E402
 
-from mpl_runner.config import compose_config  # noqa: E402
-from mpl_runner.validate import validate  # noqa: E402
+from mpl_runner.cli.config import compose_config  # noqa: E402
+from mpl_runner.gates.validate import validate  # noqa: E402
 
 VERSION = {"commit": "a" * 40, "dirty": False, "diff": ""}
 JOB = ("toy", "mpl", ["experiment=two_moons_paper"], 3)
@@ -24,8 +24,8 @@ JOB = ("toy", "mpl", ["experiment=two_moons_paper"], 3)
 
 @pytest.fixture
 def fake_run(monkeypatch):
-    """mpl_runner.run.run replaced by a stub that writes a completed metrics.json; the list of run dirs it ran."""
-    import mpl_runner.run
+    """mpl_runner.loop.run.run replaced by a stub that writes a completed metrics.json; the list of run dirs it ran."""
+    import mpl_runner.loop.run
 
     ran = []
 
@@ -35,7 +35,7 @@ def fake_run(monkeypatch):
         (Path(run_dir) / "metrics.json").write_text(json.dumps(record))
         return record
 
-    monkeypatch.setattr(mpl_runner.run, "run", run)
+    monkeypatch.setattr(mpl_runner.loop.run, "run", run)
     monkeypatch.setattr(ablation, "mean_abs_h", lambda run_dir: None)
     return ran
 

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from conftest import TINY, cli_in_process, finished_in_process
-from mpl_runner import run_dirs
+from mpl_runner.record import run_dirs
 from test_cifar10_data import write_fake_cifar10
 from test_cifar10_run import TINY_CIFAR
 

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from mpl_runner import checkpoint
+from mpl_runner.record import checkpoint
 from mpl_runner.data import Batch
-from mpl_runner.engine import NonFiniteLoss, NonFiniteWatch
+from mpl_runner.loop.engine import NonFiniteLoss, NonFiniteWatch
 from mpl_runner.methods import build_method
 from mpl_runner.models import build_model
-from mpl_runner.run import execute
-from mpl_runner.signals import StopSignals
+from mpl_runner.loop.run import execute
+from mpl_runner.core.signals import StopSignals
 
 
 def _draws():

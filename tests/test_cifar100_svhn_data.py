@@ -16,8 +16,8 @@ from conftest import compose_cfg, group_overrides
 from omegaconf import OmegaConf
 
 from mpl_runner.data import cifar100, svhn
-from mpl_runner.errors import DataError
-from mpl_runner.validate import validate
+from mpl_runner.core.errors import DataError
+from mpl_runner.gates.validate import validate
 
 PER_CLASS_C100 = 3  # 300 CIFAR-100 training images, 100 test images
 PER_CLASS_SVHN = 6  # 60 SVHN training images, 20 test images
@@ -268,7 +268,7 @@ def test_presets_compose_and_validate():
 
 
 def test_two_mpl_steps_on_fake_svhn_finish(tmp_path):
-    from mpl_runner.run import run
+    from mpl_runner.loop.run import run
 
     write_fake_svhn(tmp_path / "data")
     cfg = compose_cfg(

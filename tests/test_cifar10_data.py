@@ -14,8 +14,8 @@ from conftest import compose_cfg, group_overrides
 from mpl_runner.data import cifar10, image_workers
 from mpl_runner.data.cifar10 import build, read_cifar10
 from mpl_runner.data.image_sets import to_chw, unlabeled_indices
-from mpl_runner.errors import ConfigError, DataError
-from mpl_runner.validate import validate
+from mpl_runner.core.errors import ConfigError, DataError
+from mpl_runner.gates.validate import validate
 
 REAL_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
 PER_BATCH = 20  # 2 images of each class per file: 100 training images, 20 test images

@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from mpl_runner import registry
+from mpl_runner.core import registry
 from conftest import REPO
 
 #: what only a run needs
@@ -21,7 +21,7 @@ def test_help_cfg_and_config_errors_import_no_torch(tmp_path):
     mistyped key is Hydra's error, ``trainer.steps=0`` our validation's."""
     script = textwrap.dedent(f"""
         import sys
-        from mpl_runner.cli import cli
+        from mpl_runner.cli.main import cli
 
         for args in (["--help"], ["--cfg", "job"], ["trainer.stepz=3"], ["trainer.steps=0"]):
             sys.argv = ["mpl-run", *args, "hydra.run.dir={tmp_path / 'run'}"]
@@ -57,7 +57,7 @@ def test_each_module_of_the_registry_table_registers_its_option():
     wrong one would cost the import of every option's module)."""
     script = textwrap.dedent("""
         import importlib
-        from mpl_runner import registry
+        from mpl_runner.core import registry
 
         for group, modules in registry.MODULES.items():
             for name, module in modules.items():

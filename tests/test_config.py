@@ -9,10 +9,10 @@ import dataclasses
 from pathlib import Path
 
 from mpl_runner.conf import __file__ as conf_init
-from mpl_runner.config import Config, OptimConfig, TrainerConfig
-from mpl_runner.registry import entries
-from mpl_runner.resolvers import listed_option
-from mpl_runner.validate import validate
+from mpl_runner.cli.config import Config, OptimConfig, TrainerConfig
+from mpl_runner.core.registry import entries
+from mpl_runner.gates.resolvers import listed_option
+from mpl_runner.gates.validate import validate
 
 CONF = Path(conf_init).parent
 

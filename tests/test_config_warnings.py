@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY, cli_in_process as run_cli
-from mpl_runner.validate import config_warnings
+from mpl_runner.gates.validate import config_warnings
 
 
 

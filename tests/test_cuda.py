@@ -16,11 +16,11 @@ import torch
 import torch.nn.functional as F
 
 from conftest import mpl_run
-from mpl_runner.config import compose_config
+from mpl_runner.cli.config import compose_config
 from mpl_runner.data import Batch, cifar10, image_device
 from mpl_runner.data import batched_augment as ba
 from mpl_runner.data.randaugment import OPS, SIGNED
-from mpl_runner.engine import autocast
+from mpl_runner.loop.engine import autocast
 from mpl_runner.methods import build_method
 from mpl_runner.models import build_model
 from test_cifar10_data import config, write_fake_cifar10

@@ -8,9 +8,9 @@ import torch
 from conftest import compose_cfg, group_overrides
 from mpl_runner.data.digits import IMAGES as DIGITS_IMAGES
 from mpl_runner.data.digits import build, digit_images, split, strong_view, translate, weak_view
-from mpl_runner.errors import ConfigError
-from mpl_runner.run import run
-from mpl_runner.validate import validate
+from mpl_runner.core.errors import ConfigError
+from mpl_runner.loop.run import run
+from mpl_runner.gates.validate import validate
 
 CPU = torch.device("cpu")
 FAST = ["trainer.steps=20", "trainer.eval_interval=10", "trainer.log_interval=10", "trainer.num_threads=1",

@@ -41,13 +41,14 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from conftest import TINY, finished_in_process
-from mpl_runner import checkpoint, files
-from mpl_runner.cli_errors import one_line_error
-from mpl_runner.config import compose_config
-from mpl_runner.registry import entries
+from mpl_runner.core import files
+from mpl_runner.record import checkpoint
+from mpl_runner.gates.messages import one_line_error
+from mpl_runner.cli.config import compose_config
+from mpl_runner.core.registry import entries
 from mpl_runner.data import build_dataset
-from mpl_runner.errors import UserError
-from mpl_runner.validate import validate, validate_overrides
+from mpl_runner.core.errors import UserError
+from mpl_runner.gates.validate import validate, validate_overrides
 from test_bad_inputs import run_cli, tree
 from test_cifar10_data import write_fake_cifar10
 from test_cifar10_run import TINY_CIFAR

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import fidelity  # noqa: E402
 
-from mpl_runner.config import compose_config  # noqa: E402
+from mpl_runner.cli.config import compose_config  # noqa: E402
 
 ROWS = fidelity.load()
 EXPECTED = fidelity.expected(ROWS)

@@ -15,7 +15,7 @@ import time
 
 import pytest
 from conftest import TINY, cli_in_process, job_dirs
-from mpl_runner.logging import Tracker
+from mpl_runner.record.logging import Tracker
 from test_bad_inputs import finished  # noqa: F401 - the fixture
 from test_signals import fallback, send_during  # noqa: F401 - fallback: the fixture
 

@@ -217,7 +217,7 @@ def test_the_stream_pipeline_reads_the_files_and_auto_picks_it_when_memory_is_sh
 
 def test_normalisation_is_the_training_images_mean_and_std(tmp_path, monkeypatch):
     root = make_folder(tmp_path / "images", labeled=4, unlabeled=4, test=2)
-    from mpl_runner.config import compose_config
+    from mpl_runner.cli.config import compose_config
 
     cfg = compose_config("dataset=image_folder", f"dataset.root={root}", f"dataset.cache_dir={tmp_path / 'c'}",
                          f"dataset.image_size={SIDE}", "dataset.labeled_batch_size=2", "dataset.unlabeled_ratio=1",

@@ -14,8 +14,8 @@ from torchvision.transforms import v2
 from conftest import mpl_run
 from mpl_runner.data import cifar10, image_sets
 from mpl_runner.data.cifar10 import build
-from mpl_runner.errors import ConfigError
-from mpl_runner.validate import validate
+from mpl_runner.core.errors import ConfigError
+from mpl_runner.gates.validate import validate
 from test_cifar10_data import REAL_ROOT, config, full_config, write_fake_cifar10
 
 CPU = torch.device("cpu")

@@ -22,8 +22,10 @@ import torch
 from PIL import Image
 
 from conftest import REPO, cli_in_process as run_cli, finished_in_process
-from mpl_runner import engine, export, model_file, predict
-from mpl_runner import record as record_module, run as run_module
+from mpl_runner.cli import export, predict
+from mpl_runner.loop import engine
+from mpl_runner.record import model_file
+from mpl_runner.loop import run_record as record_module, run as run_module
 from mpl_runner.data import cifar10
 from mpl_runner.data.image_sets import to_chw
 from mpl_runner.data.batched_augment import normalize
@@ -229,9 +231,10 @@ def test_mpl_predict_through_the_console_script(cifar, tmp_path):
     run_dir, _, test = cifar
     files = sorted(test.rglob("*.png"))[:3]
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["mpl-predict"] == "mpl_runner.predict:main" and scripts["mpl-export"] == "mpl_runner.export:main"
+    assert scripts["mpl-predict"] == "mpl_runner.cli.predict:main"
+    assert scripts["mpl-export"] == "mpl_runner.cli.export:main"
     script = Path(sys.executable).with_name("mpl-predict")  # (absent in a checkout installed before it existed)
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "mpl_runner.predict"]
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "mpl_runner.cli.predict"]
     result = subprocess.run([*command, str(run_dir), *map(str, files), "--top-k", "1"], capture_output=True,
                             text=True, timeout=120, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert result.returncode == 0, result.stderr

@@ -15,7 +15,7 @@ from mpl_runner.data import Batch
 from mpl_runner.methods.mpl import MPL, frozen_batchnorm_stats, seeded
 from mpl_runner.methods.uda import UDA
 from mpl_runner.models.mlp import mlp as build_mlp
-from mpl_runner.validate import validate
+from mpl_runner.gates.validate import validate
 
 #: plain SGD (the first-order h is eta * grad . grad for that step), no UDA: the MPL term alone
 PLAIN = ["method.uda.weight=0", "optim.momentum=0", "optim.nesterov=false"]
@@ -247,7 +247,7 @@ def test_exact_lookahead_is_the_step_the_student_takes(make_cfg):
     ("method.pseudo_label=sample", "method.pseudo_label"), ("method.label_smoothing=0.1", "method.label_smoothing"),
 ])
 def test_exact_refuses_what_would_make_its_lookahead_wrong_or_be_ignored(make_cfg, override, key):
-    from mpl_runner.errors import ConfigError
+    from mpl_runner.core.errors import ConfigError
 
     with pytest.raises(ConfigError) as err:
         validate(make_cfg("method=mpl", *PLAIN, *EXACT, override))
@@ -474,7 +474,7 @@ def test_feedback_batch_validation_exact_meta_loss_is_the_validation_loss_after_
 
 
 def test_feedback_batch_validation_is_refused_without_a_validation_split(make_cfg):
-    from mpl_runner.errors import ConfigError
+    from mpl_runner.core.errors import ConfigError
 
     with pytest.raises(ConfigError) as err:
         validate(make_cfg("method=mpl", "dataset=digits", "model=small_cnn", "dataset.num_val=0",
@@ -484,7 +484,7 @@ def test_feedback_batch_validation_is_refused_without_a_validation_split(make_cf
 
 def test_a_run_hands_the_whole_validation_split_to_the_reward(make_cfg):
     from mpl_runner.data import build_dataset
-    from mpl_runner.run import validation_batch
+    from mpl_runner.loop.run import validation_batch
 
     cfg = make_cfg("method=mpl", "method.feedback_batch=validation")
     data = build_dataset(cfg.dataset, CPU)
@@ -538,7 +538,7 @@ def test_finetuning_without_dropout_is_deterministic_and_puts_dropout_back(make_
 
 
 def test_finetuning_from_ema_needs_an_ema(make_cfg):
-    from mpl_runner.errors import ConfigError
+    from mpl_runner.core.errors import ConfigError
 
     with pytest.raises(ConfigError) as err:
         validate(make_cfg("method=mpl", *PLAIN, *FINETUNE, "method.finetune.from_ema=true"))

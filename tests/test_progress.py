@@ -8,7 +8,7 @@ import signal
 
 import pytest
 
-from mpl_runner import engine, progress
+from mpl_runner.loop import engine, progress
 from conftest import TINY, cli_in_process
 
 LINES = ["step 10/30", "step 20/30", "step 30/30"]
@@ -42,7 +42,7 @@ def test_off_a_terminal_the_plain_lines(tmp_path, monkeypatch, capsys):
     status, out, err = cli_in_process([*TINY, "hydra.run.dir=run"], tmp_path, monkeypatch, capsys)
     assert status == 0, err
     assert bar_states(err) == [] and "%|" not in err
-    console = [line.split(" - ", 1)[1] for line in out.splitlines() if "[mpl_runner.engine]" in line]
+    console = [line.split(" - ", 1)[1] for line in out.splitlines() if "[mpl_runner.loop.engine]" in line]
     assert [line.split("  ")[0] for line in console if line.startswith("step ")] == LINES
     assert any(line.startswith("final evaluation: ") for line in console)
 

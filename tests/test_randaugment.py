@@ -239,8 +239,8 @@ def test_strong_transform_switch():
     (["dataset.cutout_size=15"], "an even number of pixels from 0 to 32"),
 ])
 def test_magnitude_range_follows_the_switch(make_cfg, overrides, message):
-    from mpl_runner.errors import ConfigError
-    from mpl_runner.validate import validate
+    from mpl_runner.core.errors import ConfigError
+    from mpl_runner.gates.validate import validate
 
     with pytest.raises(ConfigError, match=None) as err:
         validate(make_cfg("dataset=cifar10_4k", *overrides))
@@ -248,7 +248,7 @@ def test_magnitude_range_follows_the_switch(make_cfg, overrides, message):
 
 
 def test_presets_default_to_official(make_cfg):
-    from mpl_runner.validate import validate
+    from mpl_runner.gates.validate import validate
 
     for preset in ("cifar10_250", "cifar10_1k", "cifar10_4k"):
         cfg = make_cfg(f"dataset={preset}")

@@ -14,9 +14,10 @@ from tensorboard.plugins.hparams.metadata import EXPERIMENT_TAG, SESSION_START_I
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
 from conftest import TINY, cli_in_process, job_dirs
-from mpl_runner import checkpoint, engine
-from mpl_runner.distributed import World
-from mpl_runner.record import RunRecord
+from mpl_runner.loop import engine
+from mpl_runner.record import checkpoint
+from mpl_runner.core.distributed import World
+from mpl_runner.loop.run_record import RunRecord
 
 ARGS = [*TINY, "trainer.progress=true", "device=cpu"]
 SHORT = ["trainer.steps=10", "trainer.eval_interval=5", "trainer.log_interval=5", "trainer.progress=true",

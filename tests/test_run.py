@@ -9,7 +9,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
 from conftest import TINY
-from mpl_runner.run import run
+from mpl_runner.loop.run import run
 
 
 @pytest.mark.parametrize("method", ["supervised", "uda", "mpl"])

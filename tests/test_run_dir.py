@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY
-from mpl_runner.distributed import STAMP_ENV
-from mpl_runner.files import temp_target
-from mpl_runner.run_dirs import LOCK_NAME, RunDirInUse, locked
+from mpl_runner.core.distributed import STAMP_ENV
+from mpl_runner.core.files import temp_target
+from mpl_runner.record.run_dirs import LOCK_NAME, RunDirInUse, locked
 from test_bad_inputs import finished, run_cli, tree  # noqa: F401 - finished: the fixture
 
 RESUME = [*TINY, "trainer.checkpoint_interval=10"]
@@ -128,7 +128,7 @@ def test_dry_run_lists_and_checks_every_job_and_runs_none(tmp_path, monkeypatch,
 def test_a_run_dir_deleted_mid_run_stops_with_one_line_and_exit_1(tmp_path, monkeypatch, capsys):
     """Deleted while training: it was a TensorBoard writer-thread traceback, then the dir made again holding a
     metrics.json that claimed a checkpoint that was gone. Now: one line, exit status 1, nothing made again."""
-    from mpl_runner.logging import Tracker
+    from mpl_runner.record.logging import Tracker
 
     scalars = Tracker.scalars
 

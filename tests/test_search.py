@@ -1,5 +1,5 @@
-"""The search sweeper (mpl_runner/search.py, hydra/sweeper=optuna): stored studies resume without repeating finished
-trials, interrupted trials are replaced, the params grammar becomes Optuna distributions, bad settings are one line."""
+"""The search sweeper (mpl_runner/search/optuna.py, hydra/sweeper=optuna): stored studies resume without repeating
+finished trials, interrupted trials are replaced, the params grammar becomes Optuna distributions, bad settings are one line."""
 
 from __future__ import annotations
 
@@ -20,10 +20,10 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from conftest import REPO, TINY, cli_in_process, job_dirs
-from mpl_runner import run as run_module
-from mpl_runner.report import main as report_main
-from mpl_runner.search import SAMPLERS, search_space
-from mpl_runner.signals import Interrupted
+from mpl_runner.loop import run as run_module
+from mpl_runner.search.report import main as report_main
+from mpl_runner.search.optuna import SAMPLERS, search_space
+from mpl_runner.core.signals import Interrupted
 
 COMPLETE, FAIL = TrialState.COMPLETE, TrialState.FAIL
 
@@ -170,7 +170,7 @@ def test_a_bad_search_setting_is_one_line(tmp_path, monkeypatch, capsys, overrid
 def fake_runs(monkeypatch, fails: set[int]) -> list:
     """``run`` replaced by one that returns at once (val/acc from the call count), and fails (diverges) on the
     calls numbered in ``fails`` (from 0): the sweeper's side alone, in a fraction of a second per trial."""
-    from mpl_runner.errors import UserError
+    from mpl_runner.core.errors import UserError
 
     calls = []
 
@@ -226,7 +226,7 @@ def sweeper_alone(storage: str, n_trials: int, sampler: str, seed: int = 0, hear
     ``job_seconds``): the sampling alone, in a fraction of a second."""
     import time
 
-    from mpl_runner.search import OptunaSweeperImpl
+    from mpl_runner.search.optuna import OptunaSweeperImpl
 
     class Launcher:
         def launch(self, batch, initial_job_idx):
@@ -260,7 +260,7 @@ def test_a_resumed_qmc_search_continues_its_sequence(tmp_path):
 
 @pytest.mark.parametrize("n_jobs, liar", [(1, False), (2, True)])
 def test_tpe_lies_constantly_where_trials_run_at_once(n_jobs, liar):
-    from mpl_runner.search import OptunaSweeperImpl
+    from mpl_runner.search.optuna import OptunaSweeperImpl
 
     sweeper = OptunaSweeperImpl(OmegaConf.structured(SAMPLERS["tpe"](seed=0)), "maximize", None, None, 4, n_jobs,
                                 None)
@@ -376,7 +376,7 @@ def journal(tmp_path) -> JournalStorage:
 
 
 def test_only_trials_whose_heartbeat_stopped_are_taken_for_dead(tmp_path):
-    from mpl_runner.search import HEARTBEAT, fail_stale
+    from mpl_runner.search.optuna import HEARTBEAT, fail_stale
 
     storage = journal(tmp_path)
     trials = optuna.create_study(study_name="two_moons_mpl", storage=storage)
@@ -407,7 +407,7 @@ def test_two_workers_on_one_journal_study_run_exactly_n_trials(tmp_path):
 def test_a_trial_whose_worker_died_is_replaced_after_its_heartbeat_stops(tmp_path):
     """A worker killed mid-trial leaves its trial RUNNING with a heartbeat that no longer moves: a living worker
     waits while that trial could still make up n_trials, then marks it FAIL and runs a replacement."""
-    from mpl_runner.search import HEARTBEAT
+    from mpl_runner.search.optuna import HEARTBEAT
 
     storage = journal(tmp_path)
     killed = optuna.create_study(study_name="two_moons_mpl", storage=storage, direction="maximize").ask(QMC_SPACE)

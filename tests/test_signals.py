@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from conftest import TINY
-from mpl_runner import engine, record as record_module, run as run_module
-from mpl_runner.logging import Tracker
-from mpl_runner.signals import ignore_stop_signals
+from mpl_runner.loop import engine, run_record as record_module, run as run_module
+from mpl_runner.record.logging import Tracker
+from mpl_runner.core.signals import ignore_stop_signals
 from test_config_warnings import run_cli
 
 ARGS = [*TINY, "trainer.checkpoint_interval=10", "trainer.progress=false", "device=cpu"]
@@ -134,7 +134,7 @@ def test_data_loader_workers_ignore_submitits_signal_too():
 
 def test_a_signal_during_the_final_evaluation_stops_it_within_a_batch():
     """It went through every evaluation batch first (23 s on CIFAR): the stop flag is checked before each."""
-    from mpl_runner.signals import Interrupted, StopSignals
+    from mpl_runner.core.signals import Interrupted, StopSignals
 
     stop, seen = StopSignals(), []
 

@@ -9,8 +9,8 @@ import statistics
 import pytest
 
 from conftest import TINY, job_dirs, mpl_run
-from mpl_runner import run as run_module
-from mpl_runner.report import main as report_main
+from mpl_runner.loop import run as run_module
+from mpl_runner.search.report import main as report_main
 from test_config_warnings import run_cli
 
 

@@ -13,7 +13,7 @@ import urllib.request
 import pytest
 
 from conftest import TINY, job_dirs, mpl_run
-from mpl_runner.figures import confusion_figure, plt
+from mpl_runner.data.figures import confusion_figure, plt
 
 
 def free_port() -> int:

@@ -14,11 +14,11 @@ from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
 from conftest import cli_in_process
-from mpl_runner import checkpoint, model_file
-from mpl_runner.errors import ConfigError
+from mpl_runner.record import checkpoint, model_file
+from mpl_runner.core.errors import ConfigError
 from mpl_runner.methods.mpl import frozen_batchnorm_stats
 from mpl_runner.models import build_model, handed_out_model_config, model_node
-from mpl_runner.validate import validate
+from mpl_runner.gates.validate import validate
 from test_bad_inputs import tree
 from test_cifar10_data import write_fake_cifar10
 from test_cifar10_run import TINY_CIFAR
@@ -111,7 +111,7 @@ def test_the_student_gets_its_own_model_and_is_handed_out(make_cfg):
 
 def test_a_model_node_is_rebuilt_from_its_option_and_values(make_cfg):
     """What an export records of the handed-out model (its option, its values) builds the same model."""
-    from mpl_runner.registry import entry_of
+    from mpl_runner.core.registry import entry_of
 
     cfg = make_cfg("dataset=digits", "model=small_cnn", "model@student_model=timm", "student_model.name=test_resnet")
     for node in (cfg.model, cfg.student_model):
@@ -224,7 +224,7 @@ def test_a_file_that_does_not_fit_is_one_line_naming_the_key_and_shapes(cifar_ro
 
 
 def test_a_student_file_that_does_not_fit_names_the_students_key(make_cfg, tmp_path):
-    from mpl_runner.validate import renamed
+    from mpl_runner.gates.validate import renamed
 
     weights_file(tmp_path / "other.pt", "torch", name="test_efficientnet")
     cfg = make_cfg("dataset=cifar10_4k", "model@student_model=timm", "student_model.name=test_resnet",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mpl_runner.errors import UserError
-from mpl_runner.validate import validate
+from mpl_runner.core.errors import UserError
+from mpl_runner.gates.validate import validate
 
 BAD = {
     "dataset.num_labeled=5": "multiple of 2",
@@ -65,9 +65,9 @@ def test_each_method_brings_its_own_rules_through_its_registry_entry(make_cfg):
     MPL is refused under torchrun (``check_distributed``), only a method that ``trains_student`` takes a
     ``student_model`` (the message names it), and MPL's warm-up warnings count its finetuning steps out, where the
     other methods keep one lr schedule over trainer.steps (``lr_warnings``)."""
-    from mpl_runner.distributed import World
-    from mpl_runner.errors import ConfigError
-    from mpl_runner.validate import config_warnings, validate_world
+    from mpl_runner.core.distributed import World
+    from mpl_runner.core.errors import ConfigError
+    from mpl_runner.gates.validate import config_warnings, validate_world
 
     mpl = make_cfg("method.variant=exact", "method.pseudo_label=soft", "optim.momentum=0", "trainer.amp=none",
                    "trainer.steps=300", "method.finetune.steps=100", "optim.warmup_steps=250")

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from conftest import REPO, cli_in_process
-from mpl_runner import predict
+from mpl_runner.cli import predict
 
 spec = importlib.util.spec_from_file_location("make_image_folder", REPO / "scripts" / "make_image_folder.py")
 make_image_folder = importlib.util.module_from_spec(spec)

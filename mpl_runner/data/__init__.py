@@ -1,4 +1,4 @@
-"""Data sources, one module a data set, each registered with :func:`mpl_runner.registry.register`; its ``build(cfg,
+"""Data sources, one module a data set, each registered with :func:`mpl_runner.core.registry.register`; its ``build(cfg,
 device)`` returns an :class:`SSLData`."""
 
 from __future__ import annotations
@@ -14,6 +14,6 @@ __all__ = ["Batch", "SSLData", "build_dataset"]
 
 
 def build_dataset(cfg, device: torch.device) -> SSLData:
-    from mpl_runner.registry import entry_of
+    from mpl_runner.core.registry import entry_of
 
     return entry_of("dataset", cfg).build(cfg, device)

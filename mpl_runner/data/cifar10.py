@@ -15,7 +15,7 @@ import numpy as np
 from torchvision.datasets.utils import download_and_extract_archive
 
 from mpl_runner.data import image_sets
-from mpl_runner.errors import DataError, one_line
+from mpl_runner.core.errors import DataError, one_line
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 ARCHIVE_MD5 = "c58f30108f718f92721af3b95e74349a"

@@ -21,7 +21,7 @@ from torchvision.datasets.utils import download_and_extract_archive
 
 from mpl_runner.data import image_sets
 from mpl_runner.data.cifar10 import images_hwc, load_pickle, read_batch
-from mpl_runner.errors import DataError
+from mpl_runner.core.errors import DataError
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
 ARCHIVE_MD5 = "eb9058c3a382ffc7106e4002c42a8d85"

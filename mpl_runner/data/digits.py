@@ -24,12 +24,12 @@ from omegaconf import MISSING
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from mpl_runner.checks import balanced_labels, fraction, labeled_batch, positive
+from mpl_runner.core.checks import balanced_labels, fraction, labeled_batch, positive
 from mpl_runner.data.batch import SSLData, tensor_batches
 from mpl_runner.data.splits import labeled_and_validation
-from mpl_runner.errors import ConfigError
-from mpl_runner.figures import image_grid
-from mpl_runner.registry import register
+from mpl_runner.core.errors import ConfigError
+from mpl_runner.data.figures import image_grid
+from mpl_runner.core.registry import register
 
 NUM_CLASSES = 10
 CLASS_NAMES = [str(c) for c in range(NUM_CLASSES)]

@@ -30,7 +30,7 @@ import numpy as np
 from tqdm import tqdm
 
 from mpl_runner.data.image_files import UnreadableImage, read_image
-from mpl_runner.files import atomic_write_bytes, atomic_write_json
+from mpl_runner.core.files import atomic_write_bytes, atomic_write_json
 
 log = logging.getLogger(__name__)
 

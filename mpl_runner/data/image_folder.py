@@ -30,13 +30,13 @@ import numpy as np
 import torch
 from omegaconf import MISSING
 
-from mpl_runner.checks import count, one_of
+from mpl_runner.core.checks import count, one_of
 from mpl_runner.data import image_cache, image_sets
 from mpl_runner.data.batch import SSLData
 from mpl_runner.data.image_files import RESIZE, SymlinkLoop, find_files, read_image
-from mpl_runner.errors import ConfigError, DataError
-from mpl_runner.provenance import usable_cores
-from mpl_runner.registry import register
+from mpl_runner.core.errors import ConfigError, DataError
+from mpl_runner.core.provenance import usable_cores
+from mpl_runner.core.registry import register
 
 log = logging.getLogger(__name__)
 

@@ -21,16 +21,16 @@ import numpy as np
 import torch
 from omegaconf import MISSING
 
-from mpl_runner.checks import balanced_labels, count, fraction, one_of, positive
+from mpl_runner.core.checks import balanced_labels, count, fraction, one_of, positive
 from mpl_runner.data import image_device, image_workers
 from mpl_runner.data.batch import SSLData
 from mpl_runner.data.batched_augment import PAD_MODES
 from mpl_runner.data.randaugment import MAX_MAGNITUDE
 from mpl_runner.data.splits import labeled_and_validation, mix
-from mpl_runner.errors import ConfigError, DataError, one_line
-from mpl_runner.figures import image_grid
+from mpl_runner.core.errors import ConfigError, DataError, one_line
+from mpl_runner.data.figures import image_grid
 from mpl_runner.models import eval_mode
-from mpl_runner.registry import register
+from mpl_runner.core.registry import register
 
 log = logging.getLogger("mpl_runner")
 

@@ -20,7 +20,7 @@ from mpl_runner.data.batch import Batch
 from mpl_runner.data.batched_augment import crop_padding
 from mpl_runner.data.randaugment import FILL, OfficialCutout, OfficialRandAugment, even_pixels
 from mpl_runner.data.splits import EpochOrder
-from mpl_runner.signals import ignore_stop_signals
+from mpl_runner.core.signals import ignore_stop_signals
 
 
 def _normalize(mean, std) -> list[v2.Transform]:

@@ -22,7 +22,7 @@ import numpy as np
 from torchvision.datasets.utils import download_url
 
 from mpl_runner.data import image_sets
-from mpl_runner.errors import DataError, one_line
+from mpl_runner.core.errors import DataError, one_line
 
 URL = "http://ufldl.stanford.edu/housenumbers/"
 FILES = {  # file name: md5 of the official file

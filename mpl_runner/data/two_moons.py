@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Optional
 import numpy as np
 from omegaconf import MISSING
 
-from mpl_runner.checks import at_least, balanced_labels, count, labeled_batch, positive
+from mpl_runner.core.checks import at_least, balanced_labels, count, labeled_batch, positive
 from mpl_runner.data.batch import SSLData, tensor_batches
 from mpl_runner.data.splits import balanced_labeled_indices
-from mpl_runner.registry import register
+from mpl_runner.core.registry import register
 
 if TYPE_CHECKING:
     import torch
@@ -96,7 +96,7 @@ def build(cfg, device: torch.device) -> SSLData:
 
 
 def _figures(x, y, labeled, models, labeler=None) -> dict:
-    from mpl_runner.figures import decision_boundaries  # (matplotlib: only for the figures)
+    from mpl_runner.data.figures import decision_boundaries  # (matplotlib: only for the figures)
 
     return {"decision_boundary": decision_boundaries(x, y, labeled, models)}
 

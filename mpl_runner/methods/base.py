@@ -10,7 +10,7 @@ import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from mpl_runner.distributed import World
+from mpl_runner.core.distributed import World
 
 from mpl_runner.methods.optim import build_optimizer, build_scheduler
 

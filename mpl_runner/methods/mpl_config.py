@@ -8,11 +8,11 @@ from typing import Optional
 
 from omegaconf import MISSING
 
-from mpl_runner.checks import NEVER_WARM, at_least, fraction, one_of, positive, warmup_warning
-from mpl_runner.errors import ConfigError
+from mpl_runner.core.checks import NEVER_WARM, at_least, fraction, one_of, positive, warmup_warning
+from mpl_runner.core.errors import ConfigError
 from mpl_runner.methods import uda
 from mpl_runner.methods.optim import OptimizerConfig, check_optimizer
-from mpl_runner.registry import register
+from mpl_runner.core.registry import register
 
 VARIANTS = ("first_order", "exact")
 FEEDBACK = ("old_minus_new", "new_minus_old", "none")

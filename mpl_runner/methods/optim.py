@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from omegaconf import MISSING
 
-from mpl_runner.checks import at_least, fraction, one_of, positive
+from mpl_runner.core.checks import at_least, fraction, one_of, positive
 
 if TYPE_CHECKING:
     import torch

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from omegaconf import MISSING
 
-from mpl_runner.checks import at_least, fraction
+from mpl_runner.core.checks import at_least, fraction
 from mpl_runner.methods.base import Method
-from mpl_runner.registry import register
+from mpl_runner.core.registry import register
 
 
 @dataclass

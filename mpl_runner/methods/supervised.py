@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from omegaconf import MISSING
 
-from mpl_runner.checks import fraction
+from mpl_runner.core.checks import fraction
 from mpl_runner.methods.base import Method, Phase
-from mpl_runner.registry import register
+from mpl_runner.core.registry import register
 
 
 @dataclass

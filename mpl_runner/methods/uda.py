@@ -6,10 +6,10 @@ from dataclasses import dataclass, field
 
 from omegaconf import MISSING
 
-from mpl_runner.checks import at_least, fraction, positive
+from mpl_runner.core.checks import at_least, fraction, positive
 from mpl_runner.methods.base import Method
 from mpl_runner.methods.losses import ramp, uda_consistency
-from mpl_runner.registry import register
+from mpl_runner.core.registry import register
 
 
 @dataclass

@@ -1,5 +1,5 @@
 """Plain nn.Modules built from the ``model`` config group: one module a model, each registered with
-:func:`mpl_runner.registry.register`."""
+:func:`mpl_runner.core.registry.register`."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 def build_model(cfg, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """The model a ``model`` node (``cfg.model``, ``cfg.student_model``) describes."""
-    from mpl_runner.registry import entry_of
+    from mpl_runner.core.registry import entry_of
 
     return entry_of("model", cfg).build(cfg, input_shape, num_classes)
 
@@ -34,7 +34,7 @@ def model_node(option: str, values: dict):
     node).name``: "timm", "small_cnn", ...) and its values (``OmegaConf.to_container(node)``); build_model takes it."""
     from omegaconf import OmegaConf
 
-    from mpl_runner.registry import entry
+    from mpl_runner.core.registry import entry
 
     return OmegaConf.merge(OmegaConf.structured(entry("model", option).schema), values)
 

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 
 from omegaconf import MISSING
 
-from mpl_runner.checks import MAX_WIDTH, fraction, one_of, positive, sizes
-from mpl_runner.registry import register
+from mpl_runner.core.checks import MAX_WIDTH, fraction, one_of, positive, sizes
+from mpl_runner.core.registry import register
 
 if TYPE_CHECKING:
     from torch import nn

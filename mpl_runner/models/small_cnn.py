@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from omegaconf import MISSING
 from torch import nn
 
-from mpl_runner.checks import MAX_WIDTH, fraction, sizes
-from mpl_runner.registry import register
+from mpl_runner.core.checks import MAX_WIDTH, fraction, sizes
+from mpl_runner.core.registry import register
 
 
 def conv_bn_relu(in_channels: int, out_channels: int, bn_momentum: float) -> nn.Sequential:

@@ -24,9 +24,9 @@ from safetensors.torch import load_file
 from timm.models import get_pretrained_cfg
 from torch import nn
 
-from mpl_runner.checks import fraction
-from mpl_runner.errors import ConfigError, one_line
-from mpl_runner.registry import register
+from mpl_runner.core.checks import fraction
+from mpl_runner.core.errors import ConfigError, one_line
+from mpl_runner.core.registry import register
 
 log = logging.getLogger("mpl_runner")
 

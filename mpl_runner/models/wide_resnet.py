@@ -12,9 +12,9 @@ import torch
 from omegaconf import MISSING
 from torch import nn
 
-from mpl_runner.checks import MAX_WIDTH, at_least, count, fraction, positive
-from mpl_runner.errors import ConfigError
-from mpl_runner.registry import register
+from mpl_runner.core.checks import MAX_WIDTH, at_least, count, fraction, positive
+from mpl_runner.core.errors import ConfigError
+from mpl_runner.core.registry import register
 
 
 class BasicBlock(nn.Module):

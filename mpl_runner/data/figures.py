@@ -7,7 +7,7 @@ from pathlib import Path
 
 import matplotlib
 
-from mpl_runner.files import atomic_write_bytes
+from mpl_runner.core.files import atomic_write_bytes
 from mpl_runner.models import eval_mode
 
 matplotlib.use("Agg")

@@ -9,7 +9,7 @@
 - ``hydra.run.dir``, ``hydra.sweep.dir`` and every job dir of a sweep: new, empty or one of ours, checked before
   anything is written there (:func:`check_run_dir`, :func:`check_sweep_dir`); one sweep at a time in a sweep dir
   (its own ``.lock``).
-- Temp files a killed atomic write left (``.<name>.<random>.tmp``, :mod:`mpl_runner.files`) are removed when a run
+- Temp files a killed atomic write left (``.<name>.<random>.tmp``, :mod:`mpl_runner.core.files`) are removed when a run
   goes on in that dir (:func:`remove_orphans`).
 """
 
@@ -31,10 +31,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
-from mpl_runner.checkpoint import RELATIVE_PATH as CHECKPOINT
-from mpl_runner.distributed import world_from_env
-from mpl_runner.errors import ConfigError, Refused, UserError
-from mpl_runner.files import FILE_MODE, temp_target
+from mpl_runner.record.checkpoint import RELATIVE_PATH as CHECKPOINT
+from mpl_runner.core.distributed import world_from_env
+from mpl_runner.core.errors import ConfigError, Refused, UserError
+from mpl_runner.core.files import FILE_MODE, temp_target
 
 #: Hydra's record of a run (what makes a dir a run dir of ours, with a checkpoint)
 RECORD = Path(".hydra") / "config.yaml"
@@ -205,7 +205,7 @@ class NoteRunDir(Callback):
     """Notes what the run dir (a multirun: the sweep dir) holds before Hydra creates it, opens its log there or
     writes its record (``conf/config.yaml`` registers it under ``hydra.callbacks``).
     It also refuses a dir that is not ours (:func:`check_run_dir`, :func:`check_sweep_dir`): with
-    :class:`mpl_runner.errors.Refused`, which Hydra does not turn into a warning as it does an Exception."""
+    :class:`mpl_runner.core.errors.Refused`, which Hydra does not turn into a warning as it does an Exception."""
 
     def on_run_start(self, config: Any, **kwargs: Any) -> None:
         directory = self._note(config, "hydra.run.dir")
@@ -304,7 +304,7 @@ def locked(run_dir: Path, enabled: bool = True, holder: str = "mpl-run") -> Iter
     if not enabled:
         yield
         return
-    run_dir.mkdir(parents=True, exist_ok=True)  # (Hydra made it already; :func:`mpl_runner.run.run` may not have)
+    run_dir.mkdir(parents=True, exist_ok=True)  # (Hydra made it already; :func:`mpl_runner.loop.run.run` may not have)
     try:
         fd = os.open(run_dir / LOCK_NAME, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
     except OSError as err:
@@ -378,7 +378,7 @@ def discard_if_unused(run_dir: Path) -> None:
     """After a user error: remove what this command created in ``run_dir``, by name, and nothing else: the record
     Hydra wrote for this job, its log file and lock file if this command made them, and the run dir if this
     command made it and it is empty then (a resume that failed leaves the resumed run as it was; a dir of the
-    user's keeps every file). What the run dir held before is what :class:`mpl_runner.run_dirs.NoteRunDir` saw;
+    user's keeps every file). What the run dir held before is what :class:`mpl_runner.record.run_dirs.NoteRunDir` saw;
     where nothing was noted, nothing is taken for this command's own. Every rank may call it."""
     hydra_cfg = HydraConfig.get()
     found = found_before(run_dir)

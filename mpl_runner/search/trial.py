@@ -1,5 +1,5 @@
 """The trial side of a search with a pruner (``hydra/sweeper/pruner=median``, ...; the sweeper:
-:mod:`mpl_runner.search`).
+:mod:`mpl_runner.search.optuna`).
 
 The sweeper gives each job its trial through the job's Hydra config (``hydra.sweeper.trial_id``, with the study's
 ``storage`` and ``study_name``), so a job in another process (joblib, submitit) reaches the same trial through the
@@ -59,7 +59,7 @@ class TrialReporter:
             import optuna
             from hydra.utils import instantiate
 
-            from mpl_runner.search import open_storage
+            from mpl_runner.search.optuna import open_storage
 
             study = optuna.load_study(study_name=self.study_name, storage=open_storage(self.storage),
                                       pruner=instantiate(self.pruner_conf))

@@ -9,8 +9,8 @@ import re
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from mpl_runner.resolvers import listed_option
-from mpl_runner.errors import UserError
+from mpl_runner.gates.resolvers import listed_option
+from mpl_runner.core.errors import UserError
 
 
 def _first_line(text: str) -> str:
@@ -70,7 +70,7 @@ _PRESET_KEY = re.compile(r"In '(?P<where>[^']+)': Config(?:Key|Attribute)Error r
 
 def _parse_error(err: OverrideParseException) -> str:
     """An override Hydra's grammar cannot read, and how to write it so that it can (no parser jargon)."""
-    from mpl_runner.run_dirs import hydra_quote, shell_word
+    from mpl_runner.record.run_dirs import hydra_quote, shell_word
 
     line = err.override
     key, _, value = line.partition("=")
@@ -133,7 +133,8 @@ def _run_dir_error(err: BaseException) -> str | None:
 def _in_task(err: BaseException) -> bool:
     tb = err.__traceback__
     while tb is not None:
-        if tb.tb_frame.f_code.co_name == "hydra_main" and tb.tb_frame.f_globals.get("__name__") == "mpl_runner.run":
+        frame = tb.tb_frame
+        if frame.f_code.co_name == "hydra_main" and frame.f_globals.get("__name__") == "mpl_runner.cli.main":
             return True
         tb = tb.tb_next
     return False

@@ -1,5 +1,5 @@
 """The checks config values are made of: each raises :class:`ConfigError` naming the key, the value and what is
-allowed. The modules behind the config groups check their own keys with these; :mod:`mpl_runner.validate` runs
+allowed. The modules behind the config groups check their own keys with these; :mod:`mpl_runner.gates.validate` runs
 them all, with the checks that span groups."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import math
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from mpl_runner.errors import ConfigError
+from mpl_runner.core.errors import ConfigError
 
 SEEDS = (0, 2**32 - 1)  # what numpy and scikit-learn take as a seed
 MAX_WIDTH = 65536  # units of a layer, channels of a convolution: a 65536 x 65536 layer alone holds 16 GiB

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from mpl_runner.errors import UserError, one_line
+from mpl_runner.core.errors import UserError, one_line
 
 PROG = "mpl-export"
 TOLERANCE = 1e-4  # largest |onnxruntime - PyTorch| a logit may differ by
@@ -67,8 +67,8 @@ def max_difference(model: torch.nn.Module, onnx_bytes: bytes, input_shape, batch
 def export(run_dir: Path, out: Path) -> float:
     """Write ``out`` (the run's model as ONNX) once it matches PyTorch within :data:`TOLERANCE`; returns the
     largest difference found."""
-    from mpl_runner.files import atomic_write_bytes
-    from mpl_runner.model_file import load_model
+    from mpl_runner.core.files import atomic_write_bytes
+    from mpl_runner.record.model_file import load_model
 
     _modules()
     if out.is_dir():

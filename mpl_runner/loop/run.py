@@ -1,7 +1,7 @@
 """One run: validate the config, build data, models and method, train, write the run's record (the command line
-around it: :mod:`mpl_runner.cli`).
+around it: :mod:`mpl_runner.cli.main`).
 
-Reading order for a newcomer: :func:`run` here, then :func:`mpl_runner.engine.train`, then the method
+Reading order for a newcomer: :func:`run` here, then :func:`mpl_runner.loop.engine.train`, then the method
 (:mod:`mpl_runner.methods.mpl`).
 """
 
@@ -21,24 +21,21 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from mpl_runner import checkpoint, run_dirs
-from mpl_runner.config import register_configs
+from mpl_runner.record import checkpoint, run_dirs
 from mpl_runner.data import Batch, SSLData, build_dataset
-from mpl_runner.distributed import World, world_from_env
-from mpl_runner.engine import Start, resolve_amp, train
-from mpl_runner.errors import ConfigError, DataError
-from mpl_runner.logging import flatten
+from mpl_runner.core.distributed import World, world_from_env
+from mpl_runner.loop.engine import Start, resolve_amp, train
+from mpl_runner.core.errors import ConfigError, DataError
+from mpl_runner.record.logging import flatten
 from mpl_runner.methods import Method, build_method
 from mpl_runner.models import build_model, count_parameters, model_key
-from mpl_runner.provenance import provenance
-from mpl_runner.record import RunRecord, every_model, headline
-from mpl_runner.signals import StopSignals
-from mpl_runner.trial import TrialReporter
-from mpl_runner.validate import config_warnings, renamed, validate, validate_world
+from mpl_runner.core.provenance import provenance
+from mpl_runner.loop.run_record import RunRecord, every_model, headline
+from mpl_runner.core.signals import StopSignals
+from mpl_runner.search.trial import TrialReporter
+from mpl_runner.gates.validate import config_warnings, renamed, validate, validate_world
 
 log = logging.getLogger("mpl_runner")
-
-register_configs()
 
 
 def resolve_device(name: str, world: World = World()) -> torch.device:

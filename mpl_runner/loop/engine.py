@@ -15,14 +15,14 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from mpl_runner import progress
+from mpl_runner.loop import progress
 from mpl_runner.data import SSLData
-from mpl_runner.distributed import World
-from mpl_runner.errors import UserError
+from mpl_runner.core.distributed import World
+from mpl_runner.core.errors import UserError
 from mpl_runner.methods import Method
 from mpl_runner.methods.base import Phase
 from mpl_runner.models import eval_mode
-from mpl_runner.signals import StopSignals
+from mpl_runner.core.signals import StopSignals
 
 log = logging.getLogger(__name__)
 
@@ -196,14 +196,14 @@ def train(
     """Run steps ``start.step + 1 .. trainer_cfg.steps`` with autocast ``amp`` (resolved: none | bf16 | fp16);
     returns the final metrics (every split, every model).
 
-    ``record`` (a :class:`mpl_runner.record.RunRecord`) takes what the loop produces: ``scalars(step, values,
+    ``record`` (a :class:`mpl_runner.loop.run_record.RunRecord`) takes what the loop produces: ``scalars(step, values,
     prefix)``, ``save(step, loop_state)`` (a checkpoint taken after ``step``) and ``evaluated(step, accs,
     loop_state)`` after each evaluation. A checkpoint is taken every ``checkpoint_interval`` steps, at the end, and
     when SIGTERM or Ctrl-C arrives (which then raises :class:`Interrupted`; under DDP at the next log step). It is
     taken right after the step and before that step's logging and evaluation, so a resumed run redoes those, and
     TensorBoard, told to drop what an earlier attempt logged from that step on, ends up with every step once.
     ``stop``: the caller's :class:`StopSignals`, active around the work after the loop too (None: the loop's own).
-    ``trial``: a search trial's :class:`mpl_runner.trial.TrialReporter` (None outside a search with a pruner).
+    ``trial``: a search trial's :class:`mpl_runner.search.trial.TrialReporter` (None outside a search with a pruner).
     """
     start = start or Start()
     trainer_cfg = _plain(trainer_cfg)

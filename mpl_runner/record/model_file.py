@@ -17,9 +17,9 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from mpl_runner.errors import UserError, one_line
-from mpl_runner.files import atomic_write_bytes, atomic_write_json
-from mpl_runner.registry import entry_of
+from mpl_runner.core.errors import UserError, one_line
+from mpl_runner.core.files import atomic_write_bytes, atomic_write_json
+from mpl_runner.core.registry import entry_of
 
 WEIGHTS, META = "model.safetensors", "model.json"
 FORMAT = "mpl-runner model"

@@ -1,5 +1,5 @@
 """``mpl-predict RUN_DIR PATH...``: label image files (or every file under folders, recursively) with the model a
-finished run handed out (``model.safetensors`` / ``model.json``, :mod:`mpl_runner.model_file`).
+finished run handed out (``model.safetensors`` / ``model.json``, :mod:`mpl_runner.record.model_file`).
 
 Each file goes through what the run's evaluation did to its test images: :func:`read_image` at the run's image size
 and resize policy, then 0..1 and ``(x - mean) / std`` (:func:`batched_augment.normalize`), the model in eval mode.
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from mpl_runner.errors import UserError
+from mpl_runner.core.errors import UserError
 
 PROG = "mpl-predict"
 
@@ -113,7 +113,7 @@ def _decoded(files: list[Path], size: int, resize: str, batch: int) -> Iterator[
 def predict(run_dir: Path, paths: list[Path], device: str = "cpu", batch: int = 64, top_k: int = 5) -> Predictions:
     """Label the image files under ``paths`` with the run's model (see the module's doc)."""
     from mpl_runner.data.batched_augment import normalize
-    from mpl_runner.model_file import load_model, read_meta
+    from mpl_runner.record.model_file import load_model, read_meta
 
     if batch < 1:
         raise UserError(f"--batch {batch}: give at least 1")
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> None:
         result = predict(args.run_dir, args.paths, args.device, args.batch, args.top_k)
         text = to_csv(result, args.top_k)
         if args.out is not None:
-            from mpl_runner.files import atomic_write_bytes
+            from mpl_runner.core.files import atomic_write_bytes
 
             atomic_write_bytes(args.out, text.encode())
         else:

@@ -15,16 +15,16 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from mpl_runner import checkpoint, model_file, run_dirs
-from mpl_runner.distributed import World
-from mpl_runner.engine import Start, report_split
-from mpl_runner.errors import UserError
-from mpl_runner.figures import confusion_figure, save_png
-from mpl_runner.files import atomic_write_json
-from mpl_runner.logging import Tracker
+from mpl_runner.record import checkpoint, model_file, run_dirs
+from mpl_runner.core.distributed import World
+from mpl_runner.loop.engine import Start, report_split
+from mpl_runner.core.errors import UserError
+from mpl_runner.data.figures import confusion_figure, save_png
+from mpl_runner.core.files import atomic_write_json
+from mpl_runner.record.logging import Tracker
 from mpl_runner.models import handed_out_model_config
-from mpl_runner.signals import Interrupted, StopSignals
-from mpl_runner.trial import TrialPruned
+from mpl_runner.core.signals import Interrupted, StopSignals
+from mpl_runner.search.trial import TrialPruned
 
 log = logging.getLogger("mpl_runner")
 
@@ -179,7 +179,7 @@ class RunRecord:
     def finish(self, built, metrics: dict, stop: StopSignals, view=None) -> dict:
         """Figures, HParams, ``metrics.json`` and the model files of a completed run; returns the record. A stop
         signal during the figures or HParams raises :class:`Interrupted` (inside :meth:`failures`: recorded).
-        ``view``: how HParams shows the run (:class:`mpl_runner.run.HParamsView`)."""
+        ``view``: how HParams shows the run (:class:`mpl_runner.loop.run.HParamsView`)."""
         cfg, method, data, steps = self.cfg, built.method, built.data, self.cfg.trainer.steps
         split = report_split(data)
         figures = {"confusion_matrix": confusion_figure(metrics[f"{split}/confusion"], data.class_names, split)}

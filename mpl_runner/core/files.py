@@ -9,7 +9,7 @@ import re
 import tempfile
 from pathlib import Path
 
-from mpl_runner.errors import UserError
+from mpl_runner.core.errors import UserError
 
 
 def _umask() -> int:

@@ -1,7 +1,7 @@
 """Checks of a composed config that types alone cannot express; run before anything is built or written.
 
 The options of ``dataset``, ``model`` and ``method`` check their own keys through their registry hooks
-(:mod:`mpl_runner.registry`: ``check``, ``unfit``, ``check_distributed``, ``lr_warnings``...); this module calls
+(:mod:`mpl_runner.core.registry`: ``check``, ``unfit``, ``check_distributed``, ``lr_warnings``...); this module calls
 those hooks, checks ``trainer``, ``optim`` and ``device``, and keeps what spans groups: that the chosen names are
 registered options, that the model (and a student, ``student_model``) takes the data set's inputs, and that
 torchrun's ranks split every batch. docs/design.md section 5 lists every gate where input is checked, and why there.
@@ -18,11 +18,11 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from omegaconf.nodes import BooleanNode
 
-from mpl_runner.checks import SEEDS, count, get, one_of, positive, warmup_warning
-from mpl_runner.errors import ConfigError, UserError
+from mpl_runner.core.checks import SEEDS, count, get, one_of, positive, warmup_warning
+from mpl_runner.core.errors import ConfigError, UserError
 from mpl_runner.methods.optim import check_optimizer
-from mpl_runner.provenance import usable_cores
-from mpl_runner.registry import entries, entry_of
+from mpl_runner.core.provenance import usable_cores
+from mpl_runner.core.registry import entries, entry_of
 
 GROUPS = ("dataset", "model", "method")
 #: how a user picks the option of a config key (``student_model`` is set by Hydra's group@package syntax)

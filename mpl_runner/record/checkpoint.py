@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
 
-from mpl_runner.errors import UserError, one_line
-from mpl_runner.files import atomic_write_bytes
+from mpl_runner.core.errors import UserError, one_line
+from mpl_runner.core.files import atomic_write_bytes
 
 if TYPE_CHECKING:
     import torch
@@ -47,7 +47,7 @@ class CheckpointError(UserError):
 
 def identity(cfg: DictConfig) -> dict[str, Any]:
     """The config keys that decide what a run computes (all but :data:`FREE_KEYS`), flattened."""
-    from mpl_runner.logging import flatten  # (TensorBoard's: not for the command line's imports)
+    from mpl_runner.record.logging import flatten  # (TensorBoard's: not for the command line's imports)
 
     return {k: v for k, v in flatten(cfg).items() if k not in FREE_KEYS}
 

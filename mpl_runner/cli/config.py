@@ -3,8 +3,8 @@
 Schemas give types only (every field ``MISSING``): the YAML files under ``conf/`` hold every default, once. Each
 YAML option starts from its schema (its defaults list names ``schema_<name>``), so a misspelt key or a value of
 the wrong type is an error when Hydra composes the config, not a silent default. The schemas of ``dataset``,
-``model`` and ``method`` options live beside their code (:mod:`mpl_runner.registry`); checks that need more than a
-type live there too, and those spanning groups in :mod:`mpl_runner.validate`.
+``model`` and ``method`` options live beside their code (:mod:`mpl_runner.core.registry`); checks that need more than a
+type live there too, and those spanning groups in :mod:`mpl_runner.gates.validate`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ from hydra import compose, initialize_config_module
 from hydra.core.config_store import ConfigNode, ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from mpl_runner import registry, resolvers, search
+from mpl_runner.core import registry
+from mpl_runner.gates import resolvers
+from mpl_runner.search import optuna as search
 from mpl_runner.methods.optim import OptimizerConfig
 
 

@@ -13,8 +13,8 @@ them. Jobs are numbered by their trial's number.
 Pruning (``hydra/sweeper/pruner``: none, median, percentile, successive_halving, hyperband, with Optuna's options as
 keys): each job gets its trial through its Hydra config (``hydra.sweeper.trial_id``, ``study_name``, ``storage``),
 reports val/acc to it through the study's storage at every evaluation, in its own process whatever the launcher,
-and stops when the pruner says so (:mod:`mpl_runner.trial`); such a job returns :class:`mpl_runner.trial.Pruned`
-and is told PRUNED. Steps are training steps (``n_warmup_steps``, ``min_resource``).
+and stops when the pruner says so (:mod:`mpl_runner.search.trial`); such a job returns
+:class:`mpl_runner.search.trial.Pruned` and is told PRUNED. Steps are training steps (``n_warmup_steps``, ``min_resource``).
 
 The search space: ``hydra.sweeper.params`` and the sweep overrides of the command line (which take precedence), in
 Hydra's override grammar::
@@ -51,8 +51,8 @@ from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from mpl_runner.errors import ConfigError, JobFailed, UserError, one_line
-from mpl_runner.files import atomic_write_bytes
+from mpl_runner.core.errors import ConfigError, JobFailed, UserError, one_line
+from mpl_runner.core.files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -163,18 +163,19 @@ class OptunaSweeperConf:
     # dead (one sweep per study at a time)
     heartbeat_interval: Optional[int] = 30
     params: Optional[Dict[str, Any]] = None  # key: Hydra's override grammar (see the module's docstring)
-    trial_id: Optional[int] = None  # set by the sweeper for each job of a search with a pruner (mpl_runner/trial.py)
+    # set by the sweeper for each job of a search with a pruner (mpl_runner/search/trial.py)
+    trial_id: Optional[int] = None
 
 
 def register_search_configs() -> None:
-    """Store ``hydra/sweeper: basic`` (:mod:`mpl_runner.sweep`), ``hydra/sweeper: optuna``, ``hydra/sweeper/sampler:
-    tpe | random | qmc | gp`` and ``hydra/sweeper/pruner: none | median | ...`` (:data:`PRUNERS`) in Hydra's ConfigStore
-    and make the sweeper known to Hydra (it scans ``hydra_plugins``, but not an editable install's)."""
+    """Store ``hydra/sweeper: basic`` (:mod:`mpl_runner.search.sweep`), ``hydra/sweeper: optuna``,
+    ``hydra/sweeper/sampler: tpe | random | qmc | gp`` and ``hydra/sweeper/pruner: none | median | ...``
+    (:data:`PRUNERS`) in Hydra's ConfigStore and make the sweeper known to Hydra (it scans ``hydra_plugins``, but not an editable install's)."""
     from hydra.core.plugins import Plugins
 
     plugins = Plugins.instance()  # (first: its scan may import the module below)
     from hydra_plugins.mpl_runner_search import BasicSweeper, OptunaSweeper
-    from mpl_runner.sweep import register_sweeper_config
+    from mpl_runner.search.sweep import register_sweeper_config
 
     register_sweeper_config()  # hydra/sweeper=basic, the default: every job checked first
     plugins.register(BasicSweeper)
@@ -219,7 +220,7 @@ def open_storage(storage: Optional[str]) -> Any:
 def check_storage_folder(storage: Optional[str], sweep_dir: Path) -> None:
     """A storage file goes into a folder that exists, or into the sweep dir (which the sweep makes); no other
     folder is made for it."""
-    from mpl_runner.run_dirs import storage_path
+    from mpl_runner.record.run_dirs import storage_path
 
     path = storage_path(storage) if storage else None
     if path is None:
@@ -231,7 +232,7 @@ def check_storage_folder(storage: Optional[str], sweep_dir: Path) -> None:
 
 
 def corners(space: Dict[str, Any]) -> List[Dict[str, Any]]:
-    """Points of the search space that :func:`mpl_runner.sweep.check_jobs` checks before a trial runs: every
+    """Points of the search space that :func:`mpl_runner.search.sweep.check_jobs` checks before a trial runs: every
     range at its low end, every range at its high end, and each choice once (the rest at the low end)."""
     from optuna.distributions import CategoricalDistribution
 
@@ -339,7 +340,7 @@ class OptunaSweeperImpl(Sweeper):
             hydra_context=hydra_context, task_function=task_function, config=config)
 
     def sweep(self, arguments: List[str]) -> None:
-        from mpl_runner import sweep
+        from mpl_runner.search import sweep
 
         sweep.check_launcher(self.config)
         space, fixed = search_space(self.params, arguments)
@@ -472,12 +473,12 @@ class OptunaSweeperImpl(Sweeper):
         """Launch ``trials`` as jobs and tell each its outcome; stop the search at max_failures."""
         from optuna.trial import TrialState
 
-        from mpl_runner.cli_errors import one_line_error
-        from mpl_runner.run_dirs import hydra_quote
-        from mpl_runner.trial import Pruned
+        from mpl_runner.gates.messages import one_line_error
+        from mpl_runner.record.run_dirs import hydra_quote
+        from mpl_runner.search.trial import Pruned
 
         batch = [[*fixed, *(f"{key}={trial.params[key]}" for key in space)] for trial in trials]
-        if self.prunes:  # (the job reaches its trial through the storage: mpl_runner/trial.py)
+        if self.prunes:  # (the job reaches its trial through the storage: mpl_runner/search/trial.py)
             batch = [[*job, f"hydra.sweeper.trial_id={trial._trial_id}",
                       f"hydra.sweeper.study_name={hydra_quote(study.study_name)}",
                       f"hydra.sweeper.storage={hydra_quote(self.storage)}"] for job, trial in zip(batch, trials)]
@@ -518,7 +519,7 @@ class OptunaSweeperImpl(Sweeper):
     def written(self, study: Any, sweep_dir: Path, pictures: bool = False) -> None:
         """``optimization_results.yaml`` and the sweep report brought up to date; ``pictures``: with the study's
         section and pictures (when the search ends: drawing them takes seconds)."""
-        from mpl_runner.report import write_report
+        from mpl_runner.search.report import write_report
 
         write_results(study, sweep_dir, self.storage)
         try:
@@ -609,7 +610,7 @@ def check_existing_study(storage: Optional[str], study_name: Optional[str], dire
     """A stored study of that name goes on only with the same direction and search space (a resume would mix
     trials of two searches); checked before anything is written (a storage file that is not there yet holds no
     study, and is not made here)."""
-    from mpl_runner.run_dirs import storage_path
+    from mpl_runner.record.run_dirs import storage_path
 
     if storage is None or study_name is None:
         return
@@ -675,7 +676,7 @@ def write_results(study: Any, sweep_dir: Path, storage: Optional[str] = None) ->
     import yaml
     from optuna.trial import TrialState
 
-    from mpl_runner.run_dirs import storage_path
+    from mpl_runner.record.run_dirs import storage_path
 
     path = storage_path(storage) if storage else None
     if path is not None:  # (mpl-report may run elsewhere)

@@ -3,7 +3,7 @@
 dir (new, empty or a run dir of ours), refuses two jobs that are one (``seed=0,0``) or share a dir (a constant
 ``hydra.sweep.subdir``) and the launcher settings that cannot work, and then holds the sweep dir's lock while the
 launcher (basic, joblib, submitit: the sweeper calls it) runs the jobs. ``mpl-run -m ... --dry-run`` lists the jobs
-and checks them, and runs none. The search sweeper (:mod:`mpl_runner.search`) checks its fixed overrides and its
+and checks them, and runs none. The search sweeper (:mod:`mpl_runner.search.optuna`) checks its fixed overrides and its
 space's corners the same way (:func:`check_jobs`).
 """
 
@@ -27,8 +27,8 @@ from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from mpl_runner import run_dirs
-from mpl_runner.errors import ConfigError, UserError
+from mpl_runner.record import run_dirs
+from mpl_runner.core.errors import ConfigError, UserError
 
 #: ``mpl-run ... --dry-run`` (cli() takes the flag off the command line and sets this)
 DRY_RUN = False
@@ -89,8 +89,8 @@ def as_hydra_config(cfg: DictConfig) -> Iterator[None]:
 
 def check_job(cfg: DictConfig, overrides: Sequence[str], check_dir: bool = True) -> Path:
     """Validate a composed job config as the run will (before it builds anything); returns its job dir."""
-    from mpl_runner.resolvers import require_validation_split
-    from mpl_runner.validate import validate, validate_overrides
+    from mpl_runner.gates.resolvers import require_validation_split
+    from mpl_runner.gates.validate import validate, validate_overrides
 
     with as_hydra_config(cfg):
         job_dir = Path(str(OmegaConf.select(cfg, "hydra.sweep.dir"))) / str(OmegaConf.select(cfg,
@@ -116,7 +116,7 @@ def check_jobs(hydra_context: Any, config: DictConfig, jobs: Sequence[Sequence[s
                what: str = "job", check_dirs: bool = True) -> list[Path]:
     """Compose and validate every job before any starts; the first bad one ends the sweep with one line naming its
     overrides. Also refuses a job that repeats another and two jobs in one dir. Returns the job dirs."""
-    from mpl_runner.cli_errors import one_line_error
+    from mpl_runner.gates.messages import one_line_error
 
     dirs: list[Path] = []
     seen: dict[tuple[str, ...], int] = {}
@@ -199,7 +199,7 @@ def take_dry_run_flag(argv: list[str]) -> list[str]:
 
 class DryRun(Callback):
     """``--dry-run`` without ``-m`` (``conf/config.yaml`` registers it under ``hydra.callbacks``, after
-    :class:`mpl_runner.run_dirs.NoteRunDir`, which has checked the run dir by then)."""
+    :class:`mpl_runner.record.run_dirs.NoteRunDir`, which has checked the run dir by then)."""
 
     def on_run_start(self, config: Any, **kwargs: Any) -> None:
         if not DRY_RUN:
@@ -216,7 +216,7 @@ def dry_run_single(config: DictConfig, directory: str) -> None:
     with as_hydra_config(config):
         with read_write(task), open_dict(task):
             del task["hydra"]
-        from mpl_runner.validate import validate, validate_overrides
+        from mpl_runner.gates.validate import validate, validate_overrides
 
         validate(task)
         validate_overrides(task, overrides)

@@ -1,4 +1,4 @@
-"""``mpl-run``: the command line around :func:`mpl_runner.run.run`. User mistakes end as one line on stderr and
+"""``mpl-run``: the command line around :func:`mpl_runner.loop.run.run`. User mistakes end as one line on stderr and
 exit status 2 (no traceback), a refused command removes only what it created, a signal leaves a resumable run and
 the command that resumes it, and a crashed sweep job ends the sweep with one line."""
 
@@ -17,17 +17,19 @@ from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from mpl_runner import checkpoint, distributed, resolvers, run_dirs
-from mpl_runner.run_dirs import hydra_quote, shell_word
-from mpl_runner.cli_errors import one_line_error
-from mpl_runner.config import register_configs
-from mpl_runner.distributed import world_from_env
-from mpl_runner.errors import ConfigError, JobFailed, Refused, UserError, one_line
-from mpl_runner.files import atomic_write_json, write_error
-from mpl_runner.resolvers import require_validation_split
-from mpl_runner.signals import Interrupted
-from mpl_runner.trial import Pruned, TrialPruned
-from mpl_runner.validate import validate, validate_overrides
+from mpl_runner.core import distributed
+from mpl_runner.gates import resolvers
+from mpl_runner.record import checkpoint, run_dirs
+from mpl_runner.record.run_dirs import hydra_quote, shell_word
+from mpl_runner.gates.messages import one_line_error
+from mpl_runner.cli.config import register_configs
+from mpl_runner.core.distributed import world_from_env
+from mpl_runner.core.errors import ConfigError, JobFailed, Refused, UserError, one_line
+from mpl_runner.core.files import atomic_write_json, write_error
+from mpl_runner.gates.resolvers import require_validation_split
+from mpl_runner.core.signals import Interrupted
+from mpl_runner.search.trial import Pruned, TrialPruned
+from mpl_runner.gates.validate import validate, validate_overrides
 
 log = logging.getLogger("mpl_runner")
 
@@ -96,7 +98,7 @@ def run_job(cfg: DictConfig) -> float:
         if hydra_cfg.mode == RunMode.MULTIRUN:  # (the sweep dir's resolver checks it too, unless it was given)
             require_validation_split(hydra_cfg.sweeper._target_, cfg.dataset.get("num_val"))
         validate(cfg)  # (run.execute checks again; here, a config error is told before torch is imported)
-        from mpl_runner import run as training  # torch and the rest: --help, --cfg and config errors go without
+        from mpl_runner.loop import run as training  # torch and the rest: --help, --cfg and config errors go without
 
         return training.run(cfg, run_dir).get(SELECTION_METRIC)
     except TrialPruned as err:  # (search call site, issue 19: the sweeper tells Optuna PRUNED)
@@ -125,7 +127,7 @@ def run_job(cfg: DictConfig) -> float:
             # A multirun goes on with the other jobs; this one is marked failed with its error (by rank 0), unless
             # another mpl-run holds its dir.
             if world.is_main and not (run_dir / "metrics.json").exists() and not isinstance(err, run_dirs.RunDirInUse):
-                from mpl_runner.record import failure_record
+                from mpl_runner.loop.run_record import failure_record
 
                 atomic_write_json(run_dir / "metrics.json", failure_record(err))
             if isinstance(err, UserError):
@@ -152,9 +154,10 @@ def cli() -> None:
     """Console entry point. User mistakes end as one line on stderr and exit status 2, without a traceback."""
     # Let Hydra's exceptions reach us instead of being printed by Hydra over several lines.
     os.environ["HYDRA_FULL_ERROR"] = "1"
-    register_configs()  # (first: Hydra's plugin scan runs Hydra's BasicSweeper module again, which mpl_runner.sweep
-    #                      must subclass afterwards)
-    from mpl_runner.sweep import take_dry_run_flag
+    # (first: Hydra's plugin scan runs Hydra's BasicSweeper module again, which mpl_runner.search.sweep must
+    # subclass afterwards)
+    register_configs()
+    from mpl_runner.search.sweep import take_dry_run_flag
 
     distributed.start(world_from_env())  # under torchrun: join the process group before Hydra names the run dir
     try:

@@ -26,15 +26,15 @@ import yaml
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 
-from mpl_runner.distributed import world_from_env
-from mpl_runner.errors import one_line
-from mpl_runner.files import atomic_write_bytes
+from mpl_runner.core.distributed import world_from_env
+from mpl_runner.core.errors import one_line
+from mpl_runner.core.files import atomic_write_bytes
 
 METRIC = "test/acc"
 VAL_METRIC = "val/acc"
-PROVENANCE = "provenance/"  # which code and machine made a job's numbers (mpl_runner/provenance.py)
+PROVENANCE = "provenance/"  # which code and machine made a job's numbers (mpl_runner/core/provenance.py)
 SEED_KEYS = ("seed",)
-SEARCH_SECTION = "\n## Search\n"  # (mpl_runner/search_report.py)
+SEARCH_SECTION = "\n## Search\n"  # (mpl_runner/search/study_report.py)
 
 
 def _mean(values: list[float]) -> float | None:
@@ -218,7 +218,7 @@ def csv_text(rows: list[Row]) -> str:
 
 
 def plot(rows: list[Row]):
-    import matplotlib.pyplot as plt  # after mpl_runner.figures (imported by write_report) chose the Agg backend
+    import matplotlib.pyplot as plt  # after mpl_runner.data.figures (imported by write_report) chose the Agg backend
 
     done = [r for r in rows if r.seeds]
     fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(done) + 2), 4.5), layout="constrained")
@@ -238,14 +238,14 @@ def plot(rows: list[Row]):
 def write_report(sweep_dir: Path, sweep: Sweep | None = None, study: Any = None) -> Sweep:
     """Write ``report.*`` for ``sweep`` (collected from ``sweep_dir`` unless given); a dir without jobs gets
     nothing. ``study``: a search's Optuna study, whose section and pictures join the report
-    (:mod:`mpl_runner.search_report`)."""
+    (:mod:`mpl_runner.search.study_report`)."""
     sweep_dir = Path(sweep_dir)
     sweep = sweep or collect(sweep_dir)
     if not sweep.jobs:
         return sweep
     text = markdown(sweep, sweep_dir)
     if study is not None:
-        from mpl_runner import search_report
+        from mpl_runner.search import study_report as search_report
 
         text += "\n".join(search_report.section(study, search_report.write_plots(study, sweep_dir))) + "\n"
     else:  # (a search's section, which its sweeper wrote with the study in hand: kept, e.g. an in-memory study's)
@@ -258,7 +258,7 @@ def write_report(sweep_dir: Path, sweep: Sweep | None = None, study: Any = None)
     atomic_write_bytes(sweep_dir / "report.md", text.encode())
     atomic_write_bytes(sweep_dir / "report.csv", csv_text(sweep.rows).encode())
     if any(r.seeds for r in sweep.rows):
-        from mpl_runner.figures import save_png  # matplotlib only when there is something to plot
+        from mpl_runner.data.figures import save_png  # matplotlib only when there is something to plot
 
         save_png(plot(sweep.rows), sweep_dir / "report.png")
     return sweep
@@ -267,7 +267,7 @@ def write_report(sweep_dir: Path, sweep: Sweep | None = None, study: Any = None)
 class SweepReport(Callback):
     """Keep ``report.*`` in a multirun's sweep dir current: after every job (Hydra skips on_multirun_end when a
     job failed, and a half-finished sweep should have a report too) and when the multirun ends. (The sweepers
-    make the sweep dir, once every job is checked: :mod:`mpl_runner.sweep`.)"""
+    make the sweep dir, once every job is checked: :mod:`mpl_runner.search.sweep`.)"""
 
     def on_job_end(self, config: Any, job_return: Any = None, **kwargs: Any) -> None:
         if config.hydra.mode == RunMode.MULTIRUN and world_from_env().is_main:
@@ -278,7 +278,7 @@ class SweepReport(Callback):
             self._write(config)                                                  # its study: search_report.py)
 
     def _write(self, config: Any) -> None:
-        from mpl_runner import sweep
+        from mpl_runner.search import sweep
 
         sweep_dir = Path(config.hydra.sweep.dir)
         if sweep_dir.is_dir() and not sweep.DRY_RUN:
@@ -298,7 +298,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     study = None
     if (args.sweep_dir / "optimization_results.yaml").is_file():  # a search: Optuna only then
-        from mpl_runner.search_report import load_study
+        from mpl_runner.search.study_report import load_study
 
         study = load_study(args.sweep_dir)
     write_report(args.sweep_dir, sweep, study)

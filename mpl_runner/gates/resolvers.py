@@ -1,5 +1,5 @@
 """Our OmegaConf resolvers, which the root config (``conf/config.yaml``) and Hydra's help template call: where a run,
-a sweep and its jobs write (beside :mod:`mpl_runner.run_dirs`, which decides what a run dir may be), what a job's
+a sweep and its jobs write (beside :mod:`mpl_runner.record.run_dirs`, which decides what a run dir may be), what a job's
 dir name leaves out, and the list of options ``mpl-run --help`` shows."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from mpl_runner.distributed import now, world_from_env
-from mpl_runner.errors import ConfigError
-from mpl_runner.run_dirs import resume_dir
+from mpl_runner.core.distributed import now, world_from_env
+from mpl_runner.core.errors import ConfigError
+from mpl_runner.record.run_dirs import resume_dir
 
 
 def _sweep_dir(resume: str | None, sweeper: str, num_val: int | None, sweep_dir: str) -> str:
@@ -73,8 +73,8 @@ def job_dir(num: int, overrides: str) -> str:
 
 def free_keys() -> list[str]:
     """``hydra.job.config.override_dirname.exclude_keys``: what a job's dir name leaves out: the keys a resumed run
-    may change (:data:`mpl_runner.checkpoint.FREE_KEYS`) and the search preset every job of a search shares."""
-    from mpl_runner.checkpoint import FREE_KEYS
+    may change (:data:`mpl_runner.record.checkpoint.FREE_KEYS`) and the search preset every job of a search shares."""
+    from mpl_runner.record.checkpoint import FREE_KEYS
 
     return [*FREE_KEYS, "hparams_search"]
 

@@ -6,7 +6,7 @@ A module under ``mpl_runner/data``, ``mpl_runner/models`` or ``mpl_runner/method
 
 naming the option's ``<group>.name``, its schema (types only: the YAML file under ``conf/<group>/`` holds every
 default), what builds it and the checks of its own keys (the hooks of :class:`Entry`: every rule that concerns one
-option lives in its module; :mod:`mpl_runner.validate` calls the hooks and keeps what spans groups). A composed
+option lives in its module; :mod:`mpl_runner.gates.validate` calls the hooks and keeps what spans groups). A composed
 config node is an option's by its schema (:func:`entry_of`); ``<group>.name`` is the option's name, except where
 the option says otherwise (``model=timm``: ``model.name`` is the timm architecture). :data:`MODULES` names the module that registers each option: it is
 imported when the option is first read (its schema, when Hydra composes a config that chooses it), so a command

@@ -1,9 +1,9 @@
-"""What a search found, in its sweep report (:mod:`mpl_runner.report`): the study's counts (completed, pruned,
+"""What a search found, in its sweep report (:mod:`mpl_runner.search.report`): the study's counts (completed, pruned,
 failed), the best trial and the command that runs it again, each failed trial's first error line, and Optuna's
 pictures beside ``report.md``: optimisation history, parameter importances, parallel coordinates.
 
-The sweeper (:mod:`mpl_runner.search`) passes its study; ``mpl-report`` opens it from the storage named in the sweep
-dir's ``optimization_results.yaml`` (an in-memory study is gone by then: its report is the one the sweep wrote).
+The sweeper (:mod:`mpl_runner.search.optuna`) passes its study; ``mpl-report`` opens it from the storage named in the
+sweep dir's ``optimization_results.yaml`` (an in-memory study is gone by then: its report is the one the sweep wrote).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from mpl_runner.errors import one_line
+from mpl_runner.core.errors import one_line
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ PLOTS = {"search_history.png": "optimisation history", "search_importances.png":
 def load_study(sweep_dir: Path) -> Any | None:
     """The study a search in ``sweep_dir`` kept in its storage; None for a sweep that is no search, an in-memory
     study, or a storage that cannot be read (said as a warning)."""
-    from mpl_runner.search import RESULTS
+    from mpl_runner.search.optuna import RESULTS
 
     try:
         results = yaml.safe_load((Path(sweep_dir) / RESULTS).read_text())
@@ -38,7 +38,7 @@ def load_study(sweep_dir: Path) -> Any | None:
     try:
         import optuna
 
-        from mpl_runner.search import open_storage
+        from mpl_runner.search.optuna import open_storage
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         return optuna.load_study(study_name=results["study_name"], storage=open_storage(results["storage"]))
@@ -57,7 +57,7 @@ def counts(study: Any) -> dict[str, int]:
 
 def rerun_command(trial: Any) -> str | None:
     """``mpl-run`` with the overrides of ``trial``'s job, as a single run (``hydra.mode=RUN``)."""
-    from mpl_runner.run_dirs import hydra_quote, shell_word
+    from mpl_runner.record.run_dirs import hydra_quote, shell_word
 
     job_dir = trial.user_attrs.get("job_dir")
     if job_dir is None:
@@ -109,7 +109,7 @@ def write_plots(study: Any, sweep_dir: Path) -> list[str]:
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not done:
         return []
-    from mpl_runner.figures import save_png  # (chooses matplotlib's Agg backend first)
+    from mpl_runner.data.figures import save_png  # (chooses matplotlib's Agg backend first)
     from optuna.visualization import matplotlib as plots
 
     makers = {"search_history.png": plots.plot_optimization_history,

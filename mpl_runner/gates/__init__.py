@@ -1,0 +1,1 @@
+"""Where input is checked, and how a refusal reads (docs/design.md section 5)."""

@@ -1,0 +1,1 @@
+"""One run: check, build, restore, train, finish (run.py); the loop itself and the object writing the record."""
