@@ -63,6 +63,7 @@ def test_two_processes_train_as_one_does_at_the_same_global_batch(tmp_path, one_
     assert_close(run_dir, one_process)
 
 
+@pytest.mark.slow  # (~14 s; the suite's 10 minutes)
 def test_a_run_killed_on_one_process_resumes_on_two(tmp_path, one_process):
     run_dir = tmp_path / "run"
     status, _ = interrupt(start([*TWO_MOONS, f"hydra.run.dir={run_dir}"], tmp_path), run_dir, signal.SIGKILL)

@@ -90,7 +90,8 @@ def test_sigkill_then_trainer_resume_gives_the_same_run(tmp_path, baseline):
     assert (run_dir / ".hydra" / "config.yaml").exists() and list((run_dir / ".hydra").glob("resumed_*"))
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)],
+                         ids=["SIGTERM", "Ctrl-C"])  # (Ctrl-C takes the same path; slow: the suite's 10 minutes)
 def test_signal_saves_and_says_how_to_resume(tmp_path, baseline, signum):
     run_dir = tmp_path / "run"
     status, stderr = interrupt(start([*TWO_MOONS, f"hydra.run.dir={run_dir}"], tmp_path), run_dir, signum)
@@ -125,7 +126,7 @@ TINY_CIFAR = [
 ]
 
 
-@pytest.mark.parametrize("pipeline", ["workers", "device"])
+@pytest.mark.parametrize("pipeline", ["workers", pytest.param("device", marks=pytest.mark.slow)])
 def test_tiny_cifar_killed_and_requeued_gives_the_same_run(tmp_path, pipeline):
     """A cluster requeue: the same command and run dir again; it goes on by itself. The worker pipeline goes on with
     another number of data-loader workers, which the seeded data streams make no difference to; the device

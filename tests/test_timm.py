@@ -84,7 +84,8 @@ def test_a_checkpoint_from_before_student_model_resumes_only_without_one(make_cf
     """Checkpoints written before the key existed know nothing of it: they were written with the student the same
     model as the teacher, i.e. student_model=null, its default."""
     cfg = make_cfg("dataset=digits", "model=small_cnn")
-    old = {"config": {k: v for k, v in checkpoint.identity(cfg).items() if not k.startswith("student_model")}}
+    old = {"step": 0,
+           "config": {k: v for k, v in checkpoint.identity(cfg).items() if not k.startswith("student_model")}}
     defaults = make_cfg("dataset=digits", "model=small_cnn")
     checkpoint.check_config(old, cfg, Path("last.pt"), defaults)
     with pytest.raises(checkpoint.CheckpointError, match="student_model"):
