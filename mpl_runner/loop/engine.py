@@ -209,8 +209,7 @@ def train(
     trainer_cfg = _plain(trainer_cfg)
     world = method.world
     steps, interval = trainer_cfg.steps, trainer_cfg.checkpoint_interval
-    log_ = _StepLog(method, data, trainer_cfg, device, record, amp, start)
-    log_.trial = trial  # (search: see _StepLog.after_step)
+    log_ = _StepLog(method, data, trainer_cfg, device, record, amp, start, trial)
     watch = NonFiniteWatch(device)
     stats = dict(start.stats)
     phases, phase, batches = method.phases(), None, iter(())
@@ -287,12 +286,11 @@ class _StepLog:
     """What happens after a step: scalars every ``log_interval``, a console line (or, on a terminal, the progress
     bar), an evaluation."""
 
-    def __init__(self, method, data, trainer_cfg, device, record, amp, start: Start):
-        self.method, self.data, self.cfg, self.device, self.record, self.amp = (
-            method, data, trainer_cfg, device, record, amp)
+    def __init__(self, method, data, trainer_cfg, device, record, amp, start: Start, trial=None):
+        self.method, self.data, self.cfg, self.device, self.record, self.amp, self.trial = (
+            method, data, trainer_cfg, device, record, amp, trial)
         self.started, self.start_step, self.seconds_before = time.perf_counter(), start.step, start.train_seconds
         self.window_start, self.window_step, self.window_images = self.started, start.step, 0
-        self.trial = None
         self.bar, self.accs, self.postfix = progress.NoBar(), "", ""
 
     @contextlib.contextmanager
@@ -352,11 +350,8 @@ class _StepLog:
             with autocast(self.device, self.amp):
                 accs = evaluate(self.method, self.data, self.device, channels_last=cfg.channels_last)
             self.evaluation(step, stats, accs)
-            # --- search call site (issue 19): report val/acc to the trial; a pruned trial raises TrialPruned ---
-            if self.trial is not None:
-                with autocast(self.device, self.amp):
-                    self.trial.after_evaluation(step, accs, lambda: evaluate(
-                        self.method, self.data, self.device, splits=("val",))["val/acc"])
+            if self.trial is not None:  # (a search with a pruner: a pruned trial raises TrialPruned)
+                self.trial.after_evaluation(step, accs)
 
     def evaluation(self, step: int, stats, accs: dict[str, float]) -> None:
         """TensorBoard curves, checkpoints/best.pt (through the record), the progress bar and a console line."""

@@ -12,7 +12,7 @@ imports Optuna.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from omegaconf import OmegaConf
 
@@ -72,9 +72,10 @@ class TrialReporter:
         trial.report(val_acc, step)
         return trial.should_prune()
 
-    def after_evaluation(self, step: int, accs: dict, val_acc: Callable[[], float]) -> None:
-        """The engine's evaluation at ``step`` (``accs``: what it measured; ``val_acc``: measures val/acc where
-        that is not among them); raises :class:`TrialPruned` where the pruner stops the trial."""
-        value = accs["val/acc"] if "val/acc" in accs else val_acc()
+    def after_evaluation(self, step: int, accs: dict) -> None:
+        """The engine's evaluation at ``step`` (``accs``: what it measured, val/acc among it: every evaluation
+        reads the validation split, which a search requires); raises :class:`TrialPruned` where the pruner stops
+        the trial."""
+        value = accs["val/acc"]
         if self.report(step, value):
             raise TrialPruned(step, value)
