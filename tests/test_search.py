@@ -416,3 +416,22 @@ def test_a_trial_whose_worker_died_is_replaced_after_its_heartbeat_stops(tmp_pat
     sweeper_alone(f"journal:{tmp_path / 'study.log'}", 1, "random", heartbeat=1)._search(QMC_SPACE, [], tmp_path)
     assert time.time() - started >= 3  # (3 heartbeat intervals without one)
     assert [t.state for t in study(storage).trials] == [FAIL, COMPLETE]
+
+
+def test_a_worker_waiting_on_another_workers_last_trial_leaves_as_soon_as_it_ends(tmp_path):
+    """Another worker's running trial would make up n_trials: this worker waits in case it fails, and leaves
+    within a second or two of its end, not a heartbeat interval (30 s) later: a SLURM task (or the second of two
+    workers) would hold its allocation idle that long. Catches a wait that sleeps a whole heartbeat interval."""
+    from mpl_runner.search.optuna import HEARTBEAT
+
+    storage = journal(tmp_path)
+    other = optuna.create_study(study_name="two_moons_mpl", storage=storage, direction="maximize").ask(QMC_SPACE)
+    storage.set_trial_system_attr(other._trial_id, HEARTBEAT, time.time())
+    ends = threading.Timer(2.0, lambda: optuna.load_study(study_name="two_moons_mpl", storage=storage)
+                           .tell(other.number, 0.5))
+    started = time.time()
+    ends.start()
+    sweeper_alone(f"journal:{tmp_path / 'study.log'}", 2, "random", heartbeat=30)._search(QMC_SPACE, [], tmp_path)
+    ends.join()
+    assert time.time() - started < 10
+    assert [t.state for t in study(storage).trials] == [COMPLETE, COMPLETE]

@@ -446,7 +446,7 @@ class OptunaSweeperImpl(Sweeper):
                 log.info(f"study {study.study_name!r}: {done} trials done and {running} running in other workers "
                          f"make up n_trials={self.n_trials}; waiting in case one of them fails")
                 waited = True
-            time.sleep(beat.interval)
+            time.sleep(min(beat.interval, WAIT_POLL_S))
         trials = []
         for _ in range(min(self.n_jobs, self.n_trials - done - running)):
             trial = study.ask(space)
@@ -530,6 +530,10 @@ class OptunaSweeperImpl(Sweeper):
 
 #: the trial system attr a worker's heartbeat writes: unix time
 HEARTBEAT = "mpl_runner:heartbeat"
+#: seconds between two looks at the study while other workers' trials would make up n_trials: the worker leaves
+#: this soon after the last of them ends (sleeping a heartbeat interval, 30 s, there held the first of two workers
+#: idle for up to 30 s: 2 workers ran 8 digits trials in 135 s, against 192 s for one)
+WAIT_POLL_S = 1.0
 
 
 class Heartbeat:
