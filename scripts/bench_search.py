@@ -34,26 +34,30 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 PRUNERS = ["none", "median", "percentile", "successive_halving", "hyperband"]
+#: successive halving keeps the best 1/REDUCTION_FACTOR of the trials at its rung
+REDUCTION_FACTOR = 3
+
+
+def schedule(steps: int) -> tuple[int, int]:
+    """The evaluation interval and the student's wait of a ``steps``-step trial (the preset's at 600: 50 and 100)."""
+    return max(steps // 12, 1), max(steps // 6, 1)
 
 
 def pruner_options(pruner: str, steps: int) -> list[str]:
-    """What each pruner is told. The student waits steps // 6 for its teacher, so every evaluation up to then reads
-    the untrained student (chance, the same for every trial): the pruners judge from the first evaluation after the
-    wait on (median and percentile: ``n_warmup_steps``; successive halving and Hyperband: their first rung,
-    ``min_resource``), and median and percentile let 5 trials finish before they prune. With Optuna's defaults
+    """What each pruner is told. The student waits for its teacher (:func:`schedule`), so every evaluation up to
+    then reads the untrained student (chance, the same for every trial): the pruners judge from the first evaluation
+    after the wait on (median and percentile: ``n_warmup_steps``; successive halving and Hyperband: their first
+    rung, ``min_resource``), and median and percentile let 5 trials finish before they prune. With Optuna's defaults
     instead (first evaluation after 100 of 600 steps, ``min_resource`` auto), median spent 63 % of the unpruned
     search's steps and successive halving 82 % (seed 0, 2026-12-07)."""
-    first = steps // 6 + steps // 12
+    interval, wait = schedule(steps)
+    first = wait + interval
     return {"none": [],
             "median": ["hydra.sweeper.pruner.n_startup_trials=5", f"hydra.sweeper.pruner.n_warmup_steps={first}"],
             "percentile": ["hydra.sweeper.pruner.n_startup_trials=5", f"hydra.sweeper.pruner.n_warmup_steps={first}"],
             "successive_halving": [f"hydra.sweeper.pruner.min_resource={first}",
                                    f"hydra.sweeper.pruner.reduction_factor={REDUCTION_FACTOR}"],
             "hyperband": [f"hydra.sweeper.pruner.min_resource={first}"]}[pruner]
-
-
-#: successive halving keeps the best 1/REDUCTION_FACTOR of the trials at its rung
-REDUCTION_FACTOR = 3
 
 
 def search(sweep_dir: Path, pruner: str, seed: int, trials: int, steps: int) -> dict:
@@ -83,11 +87,10 @@ def search(sweep_dir: Path, pruner: str, seed: int, trials: int, steps: int) -> 
 
 
 def command_line(sweep_dir: Path, storage: str, seed: int, trials: int, steps: int) -> list[str]:
-    # (the preset's evaluation interval and student wait at 600 steps: 50 and 100)
+    interval, wait = schedule(steps)
     return [sys.executable, "-m", "mpl_runner", "hparams_search=digits_optuna", f"hydra.sweeper.storage={storage}",
             f"hydra.sweeper.sampler.seed={seed}", f"hydra.sweeper.n_trials={trials}", f"trainer.steps={steps}",
-            f"trainer.eval_interval={max(steps // 12, 1)}", f"method.student_wait_steps={max(steps // 6, 1)}",
-            "trainer.num_threads=1",
+            f"trainer.eval_interval={interval}", f"method.student_wait_steps={wait}", "trainer.num_threads=1",
             "device=cpu", f"hydra.sweep.dir={sweep_dir}"]
 
 
