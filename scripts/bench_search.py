@@ -2,7 +2,8 @@
 optim.lr, method.uda.weight, method.uda.threshold) with each pruner, over sampler seeds.
 
     python scripts/bench_search.py [--trials 24] [--seeds 0 1 2] [--pruners none median successive_halving]
-                                   [--steps 600] [--jobs 1] [--out docs/search.json] [--md docs/search.md] [--keep DIR]
+                                   [--steps 600] [--jobs 1] [--reduction-factor 3] [--out docs/search.json]
+                                   [--md docs/search.md] [--keep DIR]
     python scripts/bench_search.py --workers 2 [--trials 8] [--steps 600] ...
 
 ``--workers N``: instead, trials per hour of one worker against N workers (``mpl-run`` processes, one CPU thread
@@ -43,7 +44,7 @@ def schedule(steps: int) -> tuple[int, int]:
     return max(steps // 12, 1), max(steps // 6, 1)
 
 
-def pruner_options(pruner: str, steps: int) -> list[str]:
+def pruner_options(pruner: str, steps: int, reduction_factor: int = REDUCTION_FACTOR) -> list[str]:
     """What each pruner is told. The student waits for its teacher (:func:`schedule`), so every evaluation up to
     then reads the untrained student (chance, the same for every trial): the pruners judge from the first evaluation
     after the wait on (median and percentile: ``n_warmup_steps``; successive halving and Hyperband: their first
@@ -56,11 +57,11 @@ def pruner_options(pruner: str, steps: int) -> list[str]:
             "median": ["hydra.sweeper.pruner.n_startup_trials=5", f"hydra.sweeper.pruner.n_warmup_steps={first}"],
             "percentile": ["hydra.sweeper.pruner.n_startup_trials=5", f"hydra.sweeper.pruner.n_warmup_steps={first}"],
             "successive_halving": [f"hydra.sweeper.pruner.min_resource={first}",
-                                   f"hydra.sweeper.pruner.reduction_factor={REDUCTION_FACTOR}"],
+                                   f"hydra.sweeper.pruner.reduction_factor={reduction_factor}"],
             "hyperband": [f"hydra.sweeper.pruner.min_resource={first}"]}[pruner]
 
 
-def search(sweep_dir: Path, pruner: str, seed: int, trials: int, steps: int) -> dict:
+def search(sweep_dir: Path, pruner: str, seed: int, trials: int, steps: int, reduction_factor: int) -> dict:
     """One search; what its study says."""
     import optuna
     from optuna.trial import TrialState
@@ -68,8 +69,9 @@ def search(sweep_dir: Path, pruner: str, seed: int, trials: int, steps: int) -> 
     from mpl_runner.search.optuna import open_storage
 
     # (the preset's storage: the journal file in the sweep dir)
+    options = pruner_options(pruner, steps, reduction_factor)
     command = [*command_line(sweep_dir, f"journal:{sweep_dir}/optuna.log", seed, trials, steps),
-               f"hydra/sweeper/pruner={pruner}", *pruner_options(pruner, steps)]
+               f"hydra/sweeper/pruner={pruner}", *options]
     start = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     seconds = time.perf_counter() - start
@@ -81,7 +83,8 @@ def search(sweep_dir: Path, pruner: str, seed: int, trials: int, steps: int) -> 
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
         spent += steps if trial.state == TrialState.COMPLETE else max(trial.intermediate_values, default=0)
     states = [t.state for t in study.trials]
-    return {"pruner": pruner, "seed": seed, "best_val_acc": study.best_value, "steps_spent": spent,
+    return {"pruner": pruner, "options": options, "seed": seed, "best_val_acc": study.best_value,
+            "steps_spent": spent,
             "completed": states.count(TrialState.COMPLETE), "pruned": states.count(TrialState.PRUNED),
             "failed": states.count(TrialState.FAIL), "seconds": round(seconds, 1)}
 
@@ -152,6 +155,8 @@ def main() -> None:
     parser.add_argument("--pruners", nargs="+", default=["none", "median", "successive_halving"],
                         choices=PRUNERS)
     parser.add_argument("--steps", type=int, default=600, help="training steps of a trial (the preset's: 600)")
+    parser.add_argument("--reduction-factor", type=int, default=REDUCTION_FACTOR,
+                        help="successive halving's: the best 1/N of a rung's trials go on")
     parser.add_argument("--out", type=Path, default=Path("docs/search.json"))
     parser.add_argument("--md", type=Path, default=Path("docs/search.md"))
     parser.add_argument("--keep", type=Path, default=None, help="keep the sweep dirs under DIR (default: removed)")
@@ -166,7 +171,7 @@ def main() -> None:
 
     def one(seed_pruner: tuple[int, str]) -> dict:
         seed, pruner = seed_pruner
-        row = search(root / f"{pruner}_seed{seed}", pruner, seed, args.trials, args.steps)
+        row = search(root / f"{pruner}_seed{seed}", pruner, seed, args.trials, args.steps, args.reduction_factor)
         print(f"  {pruner} seed {seed}: best val/acc {100 * row['best_val_acc']:.2f}, {row['steps_spent']} steps, "
               f"{row['seconds']} s", file=sys.stderr)
         return row
@@ -195,14 +200,19 @@ def main() -> None:
         f"| {s['pruner']} | {s['mean_best_val_acc']:.2f} | {s['mean_val_acc_minus_none_points']:+.2f} | "
         f"{100 * s['mean_steps_vs_none']:.1f} % | {s['pruned']} | {s['failed']} |" for s in summary])
     print(table)
-    record = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "command": command,
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    options = {pruner: pruner_options(pruner, args.steps, args.reduction_factor) for pruner in args.pruners}
+    record = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "command": command, "commit": commit,
+              "pruner_options": options,
               "machine": platform.processor() or platform.machine(), "trials": args.trials, "steps": args.steps,
               "seeds": args.seeds, "summary": summary, "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2) + "\n")
+    told = "; ".join(f"{p} `{' '.join(o)}`" for p, o in options.items() if o)
+    told = f"; the pruners were told: {told}" if told else ""
     with args.md.open("a") as md:
         md.write(f"\n### {record['date']}: {args.trials} trials x {len(args.seeds)} seeds, {args.steps} steps\n\n"
-                 f"`{command}`\n\n{table}\n")
+                 f"`{command}` at {commit or 'an unknown commit'}{told}\n\n{table}\n")
     print(f"wrote {args.out}, appended to {args.md}")
 
 
