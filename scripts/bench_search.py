@@ -62,15 +62,14 @@ def pruner_options(pruner: str, steps: int, reduction_factor: int = REDUCTION_FA
             "hyperband": [f"hydra.sweeper.pruner.min_resource={first}"]}[pruner]
 
 
-def search(sweep_dir: Path, pruner: str, seed: int, trials: int, steps: int, reduction_factor: int) -> dict:
-    """One search; what its study says."""
+def search(sweep_dir: Path, pruner: str, options: list[str], seed: int, trials: int, steps: int) -> dict:
+    """One search (``options``: what the pruner is told, :func:`pruner_options`); what its study says."""
     import optuna
     from optuna.trial import TrialState
 
     from mpl_runner.search.optuna import open_storage
 
     # (the preset's storage: the journal file in the sweep dir)
-    options = pruner_options(pruner, steps, reduction_factor)
     command = [*command_line(sweep_dir, f"journal:{sweep_dir}/optuna.log", seed, trials, steps),
                f"hydra/sweeper/pruner={pruner}", *options]
     start = time.perf_counter()
@@ -167,13 +166,16 @@ def main() -> None:
     args = parser.parse_args()
     if args.workers is not None:
         return main_workers(args)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     if "none" not in args.pruners:
         parser.error("--pruners must include none: the other searches are compared with it")
+    from mpl_runner.core.provenance import _git
+
+    commit = _git("rev-parse", "--short", "HEAD")  # (None outside a checkout)
+    options = {pruner: pruner_options(pruner, args.steps, args.reduction_factor) for pruner in args.pruners}
 
     def one(seed_pruner: tuple[int, str]) -> dict:
         seed, pruner = seed_pruner
-        row = search(root / f"{pruner}_seed{seed}", pruner, seed, args.trials, args.steps, args.reduction_factor)
+        row = search(root / f"{pruner}_seed{seed}", pruner, options[pruner], seed, args.trials, args.steps)
         print(f"  {pruner} seed {seed}: best val/acc {100 * row['best_val_acc']:.2f}, {row['steps_spent']} steps, "
               f"{row['seconds']} s", file=sys.stderr)
         return row
@@ -202,7 +204,6 @@ def main() -> None:
         f"| {s['pruner']} | {s['mean_best_val_acc']:.2f} | {s['mean_val_acc_minus_none_points']:+.2f} | "
         f"{100 * s['mean_steps_vs_none']:.1f} % | {s['pruned']} | {s['failed']} |" for s in summary])
     print(table)
-    options = {pruner: pruner_options(pruner, args.steps, args.reduction_factor) for pruner in args.pruners}
     record = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "command": command, "commit": commit,
               "pruner_options": options,
               "machine": platform.processor() or platform.machine(), "trials": args.trials, "steps": args.steps,
